@@ -1,0 +1,1 @@
+"""HTTP layer: Starlette app, API handlers, pages and the inference actor."""

@@ -1,0 +1,1 @@
+"""JSON API handlers (API.md). Each handler: authenticate, validate, command, settle, read."""

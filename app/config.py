@@ -1,0 +1,63 @@
+"""Settings from environment variables (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = Path("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    model_path: Path = DEFAULT_MODEL
+    n_ctx: int = Field(default=4096, ge=256)
+    n_threads: int = Field(default=2, ge=1)
+    n_gpu_layers: int = Field(default=0, ge=-1)
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Request limits (API.md "Limits").
+    max_message_chars: int = 32_000
+    max_title_chars: int = 200
+    max_system_prompt_chars: int = 8_000
+    max_tokens_limit: int = 4_096
+    max_body_bytes: int = 5 * 1024 * 1024
+
+    # Defaults for a new chat session.
+    default_system_prompt: str = "You are a helpful assistant."
+    default_temperature: float = 0.7
+    default_top_p: float = 0.95
+    default_max_tokens: int = 512
+
+    # Inference actor.
+    max_queue: int = Field(default=32, ge=1)
+    generation_timeout: float = Field(default=300.0, gt=0)
+    token_flush_interval: float = Field(default=0.05, gt=0)
+    token_flush_count: int = Field(default=8, ge=1)
+
+    # Security.
+    token_ttl_days: int = Field(default=30, ge=1)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window_seconds: int = Field(default=300, ge=1)
+    secret_key: str = ""  # signs CSRF tokens; generated into DATA_DIR when empty
+    cookie_secure: bool = False
+
+    sse_ping_seconds: float = 15.0
+
+    @cached_property
+    def event_store_path(self) -> Path:
+        return self.data_dir / "events.sqlite"
+
+    @cached_property
+    def read_model_path(self) -> Path:
+        return self.data_dir / "readmodels.sqlite"
+
+    @property
+    def model_id(self) -> str:
+        return self.model_path.stem

@@ -1,0 +1,89 @@
+"""Async reads of the committed event log (the event store's SQLite file, read-only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import aiosqlite
+from eventsourcing.domain import DomainEvent
+from eventsourcing.persistence import Mapper, StoredEvent
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    position: int
+    event: DomainEvent
+
+
+class EventLog:
+    def __init__(self, db: aiosqlite.Connection, mapper: Mapper[UUID]) -> None:
+        self._db = db
+        self._mapper = mapper
+
+    @classmethod
+    async def open(cls, path: Path, mapper: Mapper[UUID]) -> EventLog:
+        db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+        return cls(db, mapper)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def head(self) -> int:
+        async with self._db.execute("SELECT MAX(rowid) FROM stored_events") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0] or 0) if row else 0
+
+    async def of_originator(
+        self, originator_id: UUID, after: int, limit: int = 1000, upto: int | None = None
+    ) -> list[LoggedEvent]:
+        """One aggregate's events with positions after `after` (and at most `upto`)."""
+        sql = (
+            "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events"
+            " WHERE originator_id = ? AND rowid > ?"
+        )
+        params: list[Any] = [originator_id.hex, after]
+        if upto is not None:
+            sql += " AND rowid <= ?"
+            params.append(upto)
+        sql += " ORDER BY originator_version LIMIT ?"
+        params.append(limit)
+        async with self._db.execute(sql, params) as cursor:
+            rows = await cursor.fetchall()
+        return [self._logged(row) for row in rows]
+
+    async def select(
+        self, after: int, limit: int, type_name: str | None = None,
+        originator_id: UUID | None = None,
+    ) -> list[LoggedEvent]:
+        """Events in log order after `after`, optionally of one type or one aggregate.
+
+        `type_name` is an event's class name, alone ("ReplyCompleted") or qualified by its
+        aggregate ("ChatSession.ReplyCompleted").
+        """
+        sql = (
+            "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events"
+            " WHERE rowid > ?"
+        )
+        params: list[Any] = [after]
+        if type_name:
+            sql += " AND (topic LIKE ? OR topic LIKE ?)"
+            params += [f"%:{type_name}", f"%.{type_name}"]
+        if originator_id is not None:
+            sql += " AND originator_id = ?"
+            params.append(originator_id.hex)
+        sql += " ORDER BY rowid LIMIT ?"
+        params.append(limit)
+        async with self._db.execute(sql, params) as cursor:
+            rows = await cursor.fetchall()
+        return [self._logged(row) for row in rows]
+
+    def _logged(self, row: Any) -> LoggedEvent:
+        rowid, originator_id, version, topic, state = row
+        stored = StoredEvent(
+            originator_id=UUID(originator_id), originator_version=version, topic=topic,
+            state=state,
+        )
+        return LoggedEvent(rowid, self._mapper.to_domain_event(stored))

@@ -1,0 +1,1 @@
+"""Inference: the engine interface, the llama.cpp engine, and the actor that owns it."""

@@ -1,0 +1,85 @@
+"""Passwords, bearer tokens, CSRF tokens and the sign-in rate limiter."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+_hasher = PasswordHasher()
+# Verified against when the username is unknown, so both cases take the same time.
+_DUMMY_HASH = _hasher.hash("not a real password")
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    """Tokens are stored only as this hash; a leaked event log grants no access."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_secret(configured: str, data_dir: Path) -> bytes:
+    if configured:
+        return configured.encode()
+    path = data_dir / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip().encode()
+
+
+def csrf_token(secret: bytes, session_token: str) -> str:
+    return hmac.new(secret, b"csrf:" + session_token.encode(), hashlib.sha256).hexdigest()
+
+
+class LoginLimiter:
+    """Counts failed sign-ins per username and per address within a sliding window."""
+
+    def __init__(self, max_failures: int, window_seconds: int) -> None:
+        self.max_failures = max_failures
+        self.window = window_seconds
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        stamps = self._failures[key]
+        while stamps and stamps[0] <= now - self.window:
+            stamps.popleft()
+        return stamps
+
+    def retry_after(self, *keys: str) -> int:
+        """Seconds until another attempt is allowed; 0 when allowed now."""
+        now = time.monotonic()
+        wait = 0.0
+        for key in keys:
+            stamps = self._recent(key, now)
+            if len(stamps) >= self.max_failures:
+                wait = max(wait, stamps[0] + self.window - now)
+        return int(wait) + 1 if wait else 0
+
+    def fail(self, *keys: str) -> None:
+        now = time.monotonic()
+        for key in keys:
+            self._recent(key, now).append(now)
+
+    def succeed(self, *keys: str) -> None:
+        for key in keys:
+            self._failures.pop(key, None)

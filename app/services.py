@@ -1,0 +1,148 @@
+"""The composition root: builds the event store, projections, readers and the actor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+import aiosqlite
+import anyio
+
+from app.config import Settings
+from app.errors import ApiError
+from app.event_log import EventLog
+from app.inference.actor import InferenceActor, Tuning
+from app.inference.llama_engine import LlamaEngine
+from app.security import LoginLimiter, load_secret
+from app.watch import PositionWatch
+from domain.application import ChatApplication
+from domain.errors import DomainError
+from projections import messages as messages_read
+from projections.runner import ProjectionRunner
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SETTLE_TIMEOUT = 10.0
+
+
+def event_store_env(settings: Settings) -> dict[str, str]:
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": str(settings.event_store_path),
+        "SQLITE_LOCK_TIMEOUT": "10",
+        "AGGREGATE_CACHE_MAXSIZE": "1000",
+    }
+
+
+@dataclass
+class Services:
+    settings: Settings
+    chat: ChatApplication
+    projections: ProjectionRunner
+    read_db: aiosqlite.Connection
+    event_log: EventLog
+    head: PositionWatch
+    applied: PositionWatch
+    actor: InferenceActor
+    login_limiter: LoginLimiter
+    secret: bytes
+    actor_task: asyncio.Task[None] | None = None
+
+    async def command(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a domain command in a worker thread (the event store is synchronous)."""
+        return await anyio.to_thread.run_sync(lambda: fn(*args))
+
+    async def settle(self, position: int) -> None:
+        """Wait until the read models include `position`, so the caller reads its own write."""
+        if not await self.applied.wait_until(position, SETTLE_TIMEOUT):
+            raise ApiError(503, "read_models_behind", "The server is busy; try again.",
+                           {"Retry-After": "1"})
+
+    @property
+    def model_loaded(self) -> bool:
+        return self.actor.engine is not None
+
+    @property
+    def model_id(self) -> str:
+        engine = self.actor.engine
+        return engine.info.id if engine else self.settings.model_id
+
+
+async def start_services(settings: Settings) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    chat = ChatApplication(env=event_store_env(settings))
+    runner = ProjectionRunner(chat, settings.read_model_path)
+    head = PositionWatch(loop, chat.head())
+    applied = PositionWatch(loop)
+    chat.add_head_listener(head.advance_threadsafe)
+    chat.add_head_listener(runner.wake)
+    runner.add_listener(applied.advance_threadsafe)
+    await anyio.to_thread.run_sync(runner.catch_up)
+    runner.start()
+
+    read_db = await aiosqlite.connect(settings.read_model_path)
+    read_db.row_factory = aiosqlite.Row
+    event_log = await EventLog.open(settings.event_store_path, chat.mapper)
+    actor = InferenceActor(chat, Tuning(
+        max_queue=settings.max_queue, timeout=settings.generation_timeout,
+        flush_interval=settings.token_flush_interval, flush_count=settings.token_flush_count,
+    ))
+    services = Services(
+        settings=settings, chat=chat, projections=runner, read_db=read_db,
+        event_log=event_log, head=head, applied=applied, actor=actor,
+        login_limiter=LoginLimiter(settings.login_max_failures, settings.login_window_seconds),
+        secret=load_secret(settings.secret_key, settings.data_dir),
+    )
+    await interrupt_open_replies(services)
+    await load_model(services)
+    services.actor_task = asyncio.create_task(actor.run(), name="inference-actor")
+    return services
+
+
+async def interrupt_open_replies(services: Services) -> None:
+    """Replies a crash left queued or streaming end as `interrupted`, keeping their text."""
+    await services.settle(await anyio.to_thread.run_sync(services.projections.catch_up))
+    for session_id, reply_id in await messages_read.open_replies(services.read_db):
+        rid = UUID(reply_id)
+        try:
+            await services.command(services.chat.change_reply, UUID(session_id),
+                                   lambda s, rid=rid: s.interrupt_reply(rid))
+            log.info("reply %s was left open by a stop; marked interrupted", reply_id)
+        except DomainError as error:
+            log.info("reply %s: %s", reply_id, error)
+
+
+async def load_model(services: Services) -> None:
+    settings = services.settings
+    if not settings.model_path.is_file():
+        services.actor.load_error = f"No model file at {settings.model_path}."
+        log.error("%s Run 'make model' or set MODEL_PATH.", services.actor.load_error)
+        return
+    try:
+        services.actor.engine = await anyio.to_thread.run_sync(
+            lambda: LlamaEngine(settings.model_path, settings.n_ctx, settings.n_threads,
+                                settings.n_gpu_layers)
+        )
+        log.info("model %s loaded", services.actor.engine.info.id)
+    except Exception as error:  # a broken file must not stop the server from serving
+        services.actor.load_error = f"The model could not be loaded: {error}"
+        log.exception("model load failed")
+
+
+async def stop_services(services: Services) -> None:
+    if services.actor_task is not None:
+        services.actor.shutdown()
+        services.actor_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await services.actor_task
+    services.projections.stop()
+    await services.read_db.close()
+    await services.event_log.close()
+    services.chat.close()

@@ -1,0 +1,1 @@
+"""Event-sourced domain: aggregates, their events, and the command-handling application."""

@@ -1,0 +1,175 @@
+"""The command side: every state change goes through one of these methods and becomes events.
+
+Commands validate against the aggregates' current state and either record events or raise
+a DomainError having recorded nothing. One lock serialises writers in this process, so two
+commands never race on an aggregate's version; the event store's unique (originator_id,
+version) key is the guard across processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, Recording
+
+from domain.errors import NotFound, UsernameTaken
+from domain.sessions import ChatSession
+from domain.users import AdminSeat, User, UsernameIndex
+
+HeadListener = Callable[[int], None]
+
+
+class ChatApplication(Application[UUID]):
+    name = "Chat"
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        super().__init__(env)
+        self._lock = threading.RLock()
+        self._head_listeners: list[HeadListener] = []
+
+    # -- log following -----------------------------------------------------------------
+
+    def add_head_listener(self, listener: HeadListener) -> None:
+        """`listener(position)` is called after every commit, from the committing thread."""
+        self._head_listeners.append(listener)
+
+    def _notify(self, recordings: list[Recording[UUID]]) -> None:
+        if recordings:
+            head = recordings[-1].notification.id
+            for listener in self._head_listeners:
+                listener(head)
+
+    def head(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+    def _save(self, *aggregates: Aggregate) -> int:
+        recordings = self.save(*aggregates)
+        return recordings[-1].notification.id if recordings else self.head()
+
+    # -- users -------------------------------------------------------------------------
+
+    def register_user(self, username: str, email: str, password_hash: str) -> User:
+        with self._lock:
+            try:
+                self.repository.get(UsernameIndex.create_id(username))
+            except AggregateNotFoundError:
+                pass
+            else:
+                raise UsernameTaken(username)
+            try:
+                self.repository.get(AdminSeat.create_id())
+                seat = None
+            except AggregateNotFoundError:
+                seat = "free"
+            user = User(username=username, email=email, password_hash=password_hash,
+                        is_admin=seat is not None)
+            index = UsernameIndex(username=username, user_id=user.id)
+            admin_seat = AdminSeat(user_id=user.id) if seat else None
+            try:
+                self._save(user, index, admin_seat)
+            except IntegrityError as error:
+                raise UsernameTaken(username) from error
+            return user
+
+    def find_user(self, username: str) -> User | None:
+        try:
+            index = self.repository.get(UsernameIndex.create_id(username))
+        except AggregateNotFoundError:
+            return None
+        return self.get_user(index.user_id)
+
+    def get_user(self, user_id: UUID) -> User:
+        try:
+            user = self.repository.get(user_id)
+        except AggregateNotFoundError as error:
+            raise NotFound("no such user") from error
+        if not isinstance(user, User):
+            raise NotFound("no such user")
+        return user
+
+    def log_in(self, user_id: UUID, token_hash: str, address: str) -> int:
+        return self._change_user(user_id, lambda user: user.log_in(token_hash, address))
+
+    def record_failed_login(self, user_id: UUID, address: str) -> int:
+        return self._change_user(user_id, lambda user: user.record_failed_login(address))
+
+    def log_out(self, user_id: UUID, token_hash: str) -> int:
+        return self._change_user(user_id, lambda user: user.log_out(token_hash))
+
+    def update_profile(self, user_id: UUID, email: str | None, display_name: str | None) -> int:
+        return self._change_user(user_id, lambda user: user.update_profile(email, display_name))
+
+    def _change_user(self, user_id: UUID, change: Callable[[User], None]) -> int:
+        with self._lock:
+            user = self.get_user(user_id)
+            change(user)
+            return self._save(user)
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def start_session(self, owner_id: UUID, title: str, config: dict[str, Any]) -> tuple[UUID, int]:
+        with self._lock:
+            session = ChatSession(owner_id=owner_id, title=title, config=config)
+            return session.id, self._save(session)
+
+    def get_session(self, session_id: UUID, owner_id: UUID | None = None) -> ChatSession:
+        """The session; with `owner_id`, only if it is that user's and not deleted."""
+        try:
+            session = self.repository.get(session_id)
+        except AggregateNotFoundError as error:
+            raise NotFound("no such session") from error
+        if not isinstance(session, ChatSession):
+            raise NotFound("no such session")
+        if owner_id is not None and not session.is_visible_to(owner_id):
+            raise NotFound("no such session")
+        return session
+
+    def update_session(
+        self, session_id: UUID, owner_id: UUID, title: str | None, config: dict[str, Any]
+    ) -> int:
+        with self._lock:
+            session = self.get_session(session_id, owner_id)
+            if title is not None:
+                session.rename(title)
+            session.configure(config)
+            return self._save(session)
+
+    def delete_session(self, session_id: UUID, owner_id: UUID) -> int:
+        with self._lock:
+            session = self.get_session(session_id, owner_id)
+            session.delete()
+            return self._save(session)
+
+    def post_message(
+        self, session_id: UUID, owner_id: UUID, content: str, queue_position: int
+    ) -> tuple[UUID, UUID, int]:
+        """Records the user's message and queues a reply: (message_id, reply_id, position)."""
+        with self._lock:
+            session = self.get_session(session_id, owner_id)
+            message_id, reply_id = uuid4(), uuid4()
+            session.post_user_message(message_id, content)
+            session.queue_reply(reply_id, message_id, queue_position)
+            return message_id, reply_id, self._save(session)
+
+    def regenerate(
+        self, session_id: UUID, owner_id: UUID, queue_position: int
+    ) -> tuple[UUID, UUID, int]:
+        """Queues a new reply to the last user message: (message_id, reply_id, position)."""
+        with self._lock:
+            session = self.get_session(session_id, owner_id)
+            message_id, reply_id = session.last_user_message_id(), uuid4()
+            session.queue_reply(reply_id, message_id, queue_position)
+            return message_id, reply_id, self._save(session)
+
+    # -- replies (the inference actor's commands) -----------------------------------------
+
+    def change_reply(self, session_id: UUID, change: Callable[[ChatSession], None]) -> int:
+        with self._lock:
+            session = self.get_session(session_id)
+            change(session)
+            return self._save(session)

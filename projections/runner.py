@@ -1,0 +1,165 @@
+"""Follows the event log and applies it to every projection, one thread, one writer.
+
+eventsourcing's SQLite recorder cannot `subscribe`, so the runner is woken after each
+commit (and polls every second as a fallback), then reads `select_notifications` from the
+lowest position any projection has applied. Each projection's rows and its position are
+written in the same transaction, so a crash never applies an event twice or skips one.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from eventsourcing.application import Application
+
+from projections.base import Projection
+from projections.messages import MessagesProjection
+from projections.sessions import SessionsProjection
+from projections.users import UsersProjection
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 500
+POLL_SECONDS = 1.0
+
+
+def all_projections() -> list[Projection]:
+    return [UsersProjection(), SessionsProjection(), MessagesProjection()]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    # Read models can always be rebuilt from the log, so they need not wait for the disk.
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        application: Application,
+        path: Path,
+        projections: Sequence[Projection] | None = None,
+    ) -> None:
+        self._application = application
+        self._projections = {p.name: p for p in (projections or all_projections())}
+        self._db = connect(path)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS projection_positions"
+            " (name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
+        )
+        for projection in self._projections.values():
+            projection.create(self._db)
+            self._db.execute(
+                "INSERT OR IGNORE INTO projection_positions VALUES (?, 0)", (projection.name,)
+            )
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._rebuilds: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._listeners: list[Callable[[int], None]] = []
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._projections)
+
+    def positions(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, position FROM projection_positions").fetchall()
+        return {name: position for name, position in rows if name in self._projections}
+
+    def add_listener(self, listener: Callable[[int], None]) -> None:
+        """`listener(position)` runs after each commit with the lowest applied position."""
+        self._listeners.append(listener)
+
+    # -- running -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="projections", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._db.close()
+
+    def wake(self, _head: int | None = None) -> None:
+        self._wakeup.set()
+
+    def request_rebuild(self, name: str) -> None:
+        if name not in self._projections:
+            raise KeyError(name)
+        with self._lock:
+            self._rebuilds.add(name)
+        self._wakeup.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wakeup.wait(POLL_SECONDS)
+            self._wakeup.clear()
+            try:
+                self.catch_up()
+            except Exception:  # keep following; the next wake-up retries from the position
+                log.exception("projection update failed")
+
+    def catch_up(self) -> int:
+        """Apply everything committed so far; returns the lowest position reached."""
+        with self._lock:
+            self._apply_rebuilds()
+            while self._apply_batch() == BATCH_SIZE:
+                pass
+            low = min(self._positions_locked().values())
+        for listener in self._listeners:
+            listener(low)
+        return low
+
+    # -- applying (callers hold self._lock) --------------------------------------------
+
+    def _positions_locked(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT name, position FROM projection_positions").fetchall()
+        return {name: position for name, position in rows if name in self._projections}
+
+    def _apply_rebuilds(self) -> None:
+        for name in sorted(self._rebuilds):
+            projection = self._projections[name]
+            self._db.execute("BEGIN IMMEDIATE")
+            projection.clear(self._db)
+            self._db.execute("UPDATE projection_positions SET position = 0 WHERE name = ?", (name,))
+            self._db.execute("COMMIT")
+            log.info("projection %s reset to 0 for rebuild", name)
+        self._rebuilds.clear()
+
+    def _apply_batch(self) -> int:
+        positions = self._positions_locked()
+        start = min(positions.values())
+        notifications = self._application.recorder.select_notifications(
+            start, BATCH_SIZE, inclusive_of_start=False
+        )
+        if not notifications:
+            return 0
+        mapper = self._application.mapper
+        events = [(n.id, mapper.to_domain_event(n)) for n in notifications]
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for name, projection in self._projections.items():
+                applied = positions[name]
+                for position, event in events:
+                    if position > applied:
+                        projection.apply(self._db, event, position)
+                self._db.execute(
+                    "UPDATE projection_positions SET position = ? WHERE name = ?",
+                    (max(applied, events[-1][0]), name),
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return len(notifications)

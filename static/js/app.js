@@ -1,0 +1,158 @@
+/* app.js — small progressive behaviours for the chat UI. No dependencies, no
+ * build step; load with `defer` after htmx.min.js and sse.js.
+ *
+ * Hooks it relies on (all optional; missing elements are simply skipped):
+ *   <meta name="csrf-token" content="…">   sent as X-CSRF-Token on htmx non-GET requests
+ *   textarea[data-enter-submits]           Enter sends the form, Shift+Enter = newline (IME-safe)
+ *   textarea[data-autogrow]                grows with its content (so does the one above)
+ *   [data-autoscroll]                      scroll container kept pinned to the bottom
+ *   [data-sidebar-toggle], #sidebar, .shell   phone drawer: toggles .shell--nav-open
+ *   [data-sidebar-close]                   clicking it also closes the drawer
+ *   .toast [data-dismiss], .toast[data-autodismiss="ms"]   closing flash messages
+ */
+(function () {
+  'use strict';
+
+  var SUBMIT_TA = 'textarea[data-enter-submits]';
+  var GROW_TA = 'textarea[data-autogrow], ' + SUBMIT_TA;
+  var NEAR_BOTTOM_PX = 80;
+
+  // Elements matching `sel` in `root`, including `root` itself.
+  function within(root, sel) {
+    if (!root || !root.querySelectorAll) return [];
+    var found = Array.prototype.slice.call(root.querySelectorAll(sel));
+    if (root.matches && root.matches(sel)) found.unshift(root);
+    return found;
+  }
+  function isBlank(ta) { return ta.value.trim() === ''; }
+  function formOf(elt) {
+    if (!elt) return null;
+    return elt.tagName === 'FORM' ? elt : (elt.form || (elt.closest && elt.closest('form')));
+  }
+
+  // (a) CSRF token on every state-changing htmx request.
+  document.addEventListener('htmx:configRequest', function (e) {
+    if ((e.detail.verb || 'get').toLowerCase() === 'get') return;
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    if (meta && meta.content) e.detail.headers['X-CSRF-Token'] = meta.content;
+  });
+
+  // (d) Auto-grow. Browsers with CSS `field-sizing: content` do it natively.
+  var nativeGrow = !!(window.CSS && CSS.supports && CSS.supports('field-sizing', 'content'));
+  function grow(ta) {
+    if (nativeGrow) return;
+    ta.style.height = 'auto';                       // let it shrink first
+    ta.style.height = (ta.scrollHeight + ta.offsetHeight - ta.clientHeight) + 'px';
+  }                                                 // CSS max-height caps it
+  document.addEventListener('input', function (e) {
+    if (e.target.matches && e.target.matches(GROW_TA)) grow(e.target);
+  });
+
+  // (b) Enter to send.
+  document.addEventListener('keydown', function (e) {
+    var ta = e.target;
+    if (e.key !== 'Enter' || !ta.matches || !ta.matches(SUBMIT_TA)) return;
+    // While an IME (Korean, Japanese, Chinese) is composing, Enter only commits
+    // the syllable. Safari fires that keydown with isComposing=false but
+    // keyCode 229, so check both.
+    if (e.isComposing || e.keyCode === 229) return;
+    if (e.shiftKey || e.altKey) return;             // newline as usual
+    e.preventDefault();
+    var form = ta.form;
+    if (!form || isBlank(ta) || form.classList.contains('htmx-request')) return;
+    var send = form.querySelector('[type="submit"]');
+    if (send && send.disabled) return;              // server disabled sending
+    form.requestSubmit();
+  });
+
+  // Also refuse whitespace-only messages sent with the button.
+  document.addEventListener('htmx:beforeRequest', function (e) {
+    var form = formOf(e.detail.elt);
+    var ta = form && form.querySelector(SUBMIT_TA);
+    if (ta && e.detail.elt === form && isBlank(ta)) e.preventDefault();
+  });
+
+  // After the message was accepted: clear, shrink, refocus, follow the reply.
+  document.addEventListener('htmx:afterRequest', function (e) {
+    if (!e.detail.successful) return;
+    var form = formOf(e.detail.elt);
+    var ta = form && form.querySelector(SUBMIT_TA);
+    if (!ta || e.detail.elt !== form) return;
+    ta.value = '';
+    grow(ta);
+    // If the response replaced the form, focus its fresh textarea instead.
+    var live = ta.isConnected ? ta : document.querySelector(SUBMIT_TA);
+    if (live) live.focus();
+    document.querySelectorAll('[data-autoscroll]').forEach(function (el) { pin(el, true); });
+  });
+
+  // (c) Autoscroll: follow new content only if the reader was already at the
+  // bottom, so scrolling up to reread is never yanked back down.
+  var pinned = new WeakMap();
+  function pin(el, force) {
+    if (force) pinned.set(el, true);
+    if (pinned.get(el)) el.scrollTop = el.scrollHeight;
+  }
+  function watchScroll(el) {
+    if (pinned.has(el)) return;
+    pinned.set(el, true);
+    el.addEventListener('scroll', function () {
+      pinned.set(el, el.scrollHeight - el.scrollTop - el.clientHeight < NEAR_BOTTOM_PX);
+    }, { passive: true });
+    var follow = function () { pin(el); };
+    // characterData: SSE chunks may append bare text nodes to a message.
+    new MutationObserver(follow).observe(el, { childList: true, subtree: true, characterData: true });
+    // Phone keyboards and window resizes shrink the viewport.
+    if (window.ResizeObserver) new ResizeObserver(follow).observe(el);
+    pin(el);
+  }
+
+  // (e) Phone drawer for the sidebar.
+  function setNav(open) {
+    var shell = document.querySelector('.shell');
+    if (!shell) return;
+    shell.classList.toggle('shell--nav-open', open);
+    document.querySelectorAll('[data-sidebar-toggle]').forEach(function (b) {
+      b.setAttribute('aria-expanded', String(open));
+    });
+  }
+  document.addEventListener('click', function (e) {
+    var t = e.target;
+    if (!t.closest) return;
+    var dismiss = t.closest('[data-dismiss]');
+    if (dismiss) {
+      var toast = dismiss.closest('.toast');
+      if (toast) toast.remove();
+      return;
+    }
+    if (t.closest('[data-sidebar-toggle]')) {
+      var shell = document.querySelector('.shell');
+      setNav(!(shell && shell.classList.contains('shell--nav-open')));
+      return;
+    }
+    if (!document.querySelector('.shell--nav-open')) return;
+    // Close after choosing a chat, or on a tap on the backdrop outside it.
+    if (t.closest('#sidebar a, [data-sidebar-close]') || !t.closest('#sidebar')) setNav(false);
+  });
+  document.addEventListener('keydown', function (e) {
+    if (e.key === 'Escape' && document.querySelector('.shell--nav-open')) setNav(false);
+  });
+
+  // Per-content setup: run on first load and for every htmx-inserted fragment.
+  var armedToasts = new WeakSet();
+  function init(root) {
+    within(root, '[data-autoscroll]').forEach(watchScroll);
+    within(root, GROW_TA).forEach(grow);
+    within(root, '.toast[data-autodismiss]').forEach(function (t) {
+      if (armedToasts.has(t)) return;
+      armedToasts.add(t);
+      setTimeout(function () { t.remove(); }, parseInt(t.dataset.autodismiss, 10) || 5000);
+    });
+  }
+  document.addEventListener('htmx:load', function (e) { init(e.detail.elt); });
+  if (document.readyState === 'loading') {
+    document.addEventListener('DOMContentLoaded', function () { init(document.body); });
+  } else {
+    init(document.body);
+  }
+})();
