@@ -40,6 +40,9 @@ async def queue_reply(
     message = await messages_read.get_message(services.read_db, str(message_id))
     reply = await messages_read.get_message(services.read_db, str(reply_id))
     assert message is not None and reply is not None
+    # The actor may have started already; answer with the reply as it was queued.
+    reply.update(status="queued", content="", token_count=0, processing_time=None,
+                 metadata={}, queue_position=position_in_queue)
     # The reply's queued event is the last one recorded; a stream resumed from just before
     # it sees the `queued` event and then every token.
     return {"message": message, "reply": reply, "last_event_id": position - 1}

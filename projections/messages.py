@@ -118,6 +118,8 @@ def message_view(row: Any) -> dict[str, Any]:
     message["metadata"] = json.loads(message["metadata"])
     if message["role"] == "user":
         message["token_count"] = message["token_count"] or 0
+    if message["status"] != "queued":
+        del message["queue_position"]
     return message
 
 

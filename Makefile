@@ -1,0 +1,53 @@
+# `make run` and `make test` do everything on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# A portable llama.cpp build: the native one uses CPU features (AMX) that crash in some VMs.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+
+.PHONY: run test install model assets browser lint bench clean
+
+run: install model assets
+	@echo "Open http://$(HOST):$(PORT)/ in your browser."
+	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+
+test: install model assets browser
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+model: $(MODEL)
+
+$(MODEL):
+	$(BIN)/python scripts/fetch_model.py $(MODEL)
+
+assets: node_modules/.package-lock.json
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+# Browser tests drive Debian's chromium; install it when missing.
+browser:
+	@command -v chromium >/dev/null || { \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install model
+	$(BIN)/python bench/token_commits.py
+	$(BIN)/python bench/streaming.py
+
+clean:
+	rm -rf $(VENV) node_modules data .pytest_cache

@@ -1,0 +1,48 @@
+"""Fixtures: a shared real server (with its admin) and fresh servers for restart drills."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.server import ROOT, Api, ServerProcess
+
+MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not MODEL.is_file():
+        raise pytest.UsageError(f"{MODEL} is missing: run 'make model' (make test does it).")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("shared-server")).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(server: ServerProcess) -> Api:
+    """The shared server's first user, hence its admin (registered before anyone else)."""
+    return Api(server.url).register("admin_user")
+
+
+@pytest.fixture
+def anon(server: ServerProcess, admin: Api) -> Api:
+    return Api(server.url)
+
+
+@pytest.fixture
+def user(anon: Api) -> Api:
+    return anon.register()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of its own, for tests that kill or restart it."""
+    process = ServerProcess(tmp_path / "data")
+    yield process
+    process.stop()
