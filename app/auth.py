@@ -61,7 +61,8 @@ async def require_user(request: Request) -> dict[str, Any]:
         expected = csrf_token(services_of(request).secret, user["token"])
         sent = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent, expected):
-            raise ApiError(403, "csrf_failed", "The CSRF token is missing or wrong; reload the page.")
+            raise ApiError(403, "csrf_failed",
+                           "The CSRF token is missing or wrong; reload the page.")
     return user
 
 

@@ -69,8 +69,10 @@ class EventLog:
         )
         params: list[Any] = [after]
         if type_name:
-            sql += " AND (topic LIKE ? OR topic LIKE ?)"
-            params += [f"%:{type_name}", f"%.{type_name}"]
+            # GLOB, not LIKE: type names are case-sensitive and "_" is no wildcard in them.
+            pattern = "".join(f"[{c}]" if c in "*?[]" else c for c in type_name)
+            sql += " AND (topic GLOB ? OR topic GLOB ?)"
+            params += [f"*:{pattern}", f"*.{pattern}"]
         if originator_id is not None:
             sql += " AND originator_id = ?"
             params.append(originator_id.hex)

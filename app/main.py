@@ -8,11 +8,35 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 
+from app import errors
 from app.api import admin, auth, health, messages, sessions
 from app.config import Settings
-from app.errors import ApiError, api_error, http_error, server_error
+from app.pages import accounts, assets, chat
+from app.pages.errors import page_error
 from app.services import start_services, stop_services
+
+API_PREFIXES = ("/api/", "/healthz", "/metrics", "/v1/")
+
+
+def is_api(request: Request) -> bool:
+    return request.url.path.startswith(API_PREFIXES)
+
+
+async def on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.ApiError)
+    if is_api(request):
+        return await errors.api_error(request, exc)
+    return page_error(request, exc.status, exc.message, exc.headers)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if is_api(request):
+        return await errors.http_error(request, exc)
+    return page_error(request, exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -29,14 +53,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = [
         *health.routes, *auth.routes, *sessions.routes, *messages.routes, *admin.routes,
+        *accounts.routes, *chat.routes, *assets.routes,
     ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
-            ApiError: api_error,
-            HTTPException: http_error,
-            Exception: server_error,
+            errors.ApiError: on_api_error,
+            HTTPException: on_http_error,
+            Exception: errors.server_error,
         },
     )
 

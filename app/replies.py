@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -9,7 +10,7 @@ from uuid import UUID
 from app.errors import ApiError, not_found
 from app.inference.actor import ModelNotLoaded, QueueFull
 from app.services import Services
-from domain.errors import DomainError, NothingToRegenerate, NotFound
+from domain.errors import DomainError, NotFound, NothingToRegenerate
 from projections import messages as messages_read
 
 QueueCommand = Callable[[int], tuple[UUID, UUID, int]]
@@ -52,8 +53,6 @@ async def stop_replies(services: Services, session_id: UUID) -> None:
     """Cancel the session's queued replies and signal its running one to stop."""
     withdrawn, _signalled = services.actor.withdraw(session_id)
     for reply_id in withdrawn:
-        try:
+        with contextlib.suppress(DomainError):
             await services.command(services.chat.change_reply, session_id,
                                    lambda s, rid=reply_id: s.cancel_reply(rid))
-        except DomainError:
-            pass

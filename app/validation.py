@@ -6,6 +6,7 @@ import json
 import math
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
@@ -47,6 +48,15 @@ async def read_json(request: Request, limit: int, allow_empty: bool = False) -> 
     return data
 
 
+async def read_form(request: Request, limit: int) -> dict[str, str]:
+    """An urlencoded form (what HTML forms and htmx send) as a dict of its last values."""
+    raw = await read_body(request, limit)
+    try:
+        return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "invalid_form", "body: not a valid UTF-8 form.") from None
+
+
 def text(
     body: dict[str, Any], field: str, *, max_len: int, required: bool = False,
     allow_blank: bool = True, strip: bool = False,
@@ -77,7 +87,10 @@ def number(body: dict[str, Any], field: str, *, low: float, high: float) -> floa
     if field not in body or body[field] is None:
         return None
     value = body[field]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid(field, "must be a number.")
+    # math.isfinite would overflow on a huge integer literal; ints are finite anyway.
+    if isinstance(value, float) and not math.isfinite(value):
         raise invalid(field, "must be a number.")
     if not low <= value <= high:
         raise invalid(field, f"must be between {low:g} and {high:g}.")

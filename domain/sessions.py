@@ -11,7 +11,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import NothingToRegenerate, NotFound, ReplyNotOpen
+from domain.errors import NotFound, NothingToRegenerate, ReplyNotOpen
 
 OPEN_STATUSES = frozenset({"queued", "streaming"})
 DEFAULT_TITLE = "New chat"
@@ -20,7 +20,8 @@ AUTO_TITLE_CHARS = 60
 
 def auto_title(content: str) -> str:
     """A title from the first message: its first line, shortened at a word boundary."""
-    line = " ".join(content.split())
+    first = next((line for line in content.splitlines() if line.strip()), "")
+    line = " ".join(first.split())
     if len(line) <= AUTO_TITLE_CHARS:
         return line or DEFAULT_TITLE
     cut = line[:AUTO_TITLE_CHARS].rsplit(" ", 1)[0] or line[:AUTO_TITLE_CHARS]
@@ -53,14 +54,23 @@ class ChatSession(Aggregate):
         return [t["id"] for t in self.turns if t["status"] in OPEN_STATUSES]
 
     def history_before(self, reply_id: UUID) -> list[dict[str, Any]]:
-        """The finished turns a reply answers: everything before it that has content."""
-        history: list[dict[str, Any]] = []
-        for turn in self.turns:
-            if turn["id"] == reply_id:
-                return history
-            if turn["role"] == "user" or (turn["status"] == "complete" and turn["content"]):
-                history.append({"role": turn["role"], "content": turn["content"]})
-        raise NotFound(f"no reply {reply_id}")
+        """The conversation a reply answers: every user message before it, each followed by
+        its latest completed answer. Earlier answers to the message this reply answers are
+        left out: a regenerated reply replaces them rather than following them."""
+        reply = self.turn(reply_id)
+        before = self.turns[: self.turns.index(reply)]
+        latest: dict[Any, UUID] = {}
+        for turn in before:
+            answered = turn.get("in_reply_to")
+            if (turn["role"] == "assistant" and turn["status"] == "complete"
+                    and turn["content"] and answered != reply.get("in_reply_to")):
+                latest[answered] = turn["id"]
+        chosen = set(latest.values())
+        return [
+            {"role": turn["role"], "content": turn["content"]}
+            for turn in before
+            if turn["role"] == "user" or turn["id"] in chosen
+        ]
 
     def last_user_message_id(self) -> UUID:
         for turn in reversed(self.turns):

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 
 from eventsourcing.domain import DomainEvent
 
-
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiosqlite
 
-from projections.base import ISO_FORMAT, Projection, iso, row_dict
+from projections.base import ISO_FORMAT, Projection, iso
 
 
 class MessagesProjection(Projection):
@@ -113,7 +113,7 @@ COLUMNS = (
 
 
 def message_view(row: Any) -> dict[str, Any]:
-    message = row_dict(row)
+    message = dict(row)
     message["is_user"] = message["role"] == "user"
     message["metadata"] = json.loads(message["metadata"])
     if message["role"] == "user":
@@ -173,3 +173,24 @@ async def count_messages(db: aiosqlite.Connection) -> int:
     ) as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0
+
+
+async def snapshot(db: aiosqlite.Connection, session_id: str) -> tuple[int, list[dict[str, Any]]]:
+    """(position, messages) read in one statement, hence from one consistent snapshot: the
+    messages reflect exactly the events up to `position`, so a live stream resumed from
+    there neither misses nor repeats anything."""
+    async with db.execute(
+        f"SELECT p.position AS applied, {COLUMNS} FROM projection_positions p"
+        " LEFT JOIN messages m ON m.session_id = ? WHERE p.name = 'messages'"
+        " ORDER BY m.position",
+        (session_id,),
+    ) as cursor:
+        rows = await cursor.fetchall()
+    position = int(rows[0]["applied"]) if rows else 0
+    messages = []
+    for row in rows:
+        if row["id"] is not None:
+            message = dict(row)
+            message.pop("applied")
+            messages.append(message_view(message))
+    return position, messages

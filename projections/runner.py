@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from eventsourcing.application import Application
+from eventsourcing.persistence import Notification
 
 from projections.base import Projection
 from projections.messages import MessagesProjection
@@ -58,9 +59,14 @@ class ProjectionRunner:
             self._db.execute(
                 "INSERT OR IGNORE INTO projection_positions VALUES (?, 0)", (projection.name,)
             )
+        # Positions for callers on other threads (the admin API on the event loop): a
+        # connection of its own sees committed positions without waiting for a catch-up.
+        self._reader = connect(path)
+        self._reader_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._rebuilds: set[str] = set()
+        self._rebuilds_lock = threading.Lock()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[int], None]] = []
@@ -70,8 +76,10 @@ class ProjectionRunner:
         return list(self._projections)
 
     def positions(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT name, position FROM projection_positions").fetchall()
+        """Committed positions; never waits for a running catch-up or rebuild."""
+        with self._reader_lock:
+            rows = self._reader.execute(
+                "SELECT name, position FROM projection_positions").fetchall()
         return {name: position for name, position in rows if name in self._projections}
 
     def add_listener(self, listener: Callable[[int], None]) -> None:
@@ -90,6 +98,8 @@ class ProjectionRunner:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._db.close()
+        with self._reader_lock:
+            self._reader.close()
 
     def wake(self, _head: int | None = None) -> None:
         self._wakeup.set()
@@ -97,7 +107,7 @@ class ProjectionRunner:
     def request_rebuild(self, name: str) -> None:
         if name not in self._projections:
             raise KeyError(name)
-        with self._lock:
+        with self._rebuilds_lock:
             self._rebuilds.add(name)
         self._wakeup.set()
 
@@ -128,36 +138,66 @@ class ProjectionRunner:
         return {name: position for name, position in rows if name in self._projections}
 
     def _apply_rebuilds(self) -> None:
-        for name in sorted(self._rebuilds):
-            projection = self._projections[name]
-            self._db.execute("BEGIN IMMEDIATE")
-            projection.clear(self._db)
-            self._db.execute("UPDATE projection_positions SET position = 0 WHERE name = ?", (name,))
-            self._db.execute("COMMIT")
-            log.info("projection %s reset to 0 for rebuild", name)
-        self._rebuilds.clear()
+        """Clear and replay the requested projections in one transaction.
 
-    def _apply_batch(self) -> int:
-        positions = self._positions_locked()
-        start = min(positions.values())
-        notifications = self._application.recorder.select_notifications(
-            start, BATCH_SIZE, inclusive_of_start=False
-        )
-        if not notifications:
-            return 0
-        mapper = self._application.mapper
-        events = [(n.id, mapper.to_domain_event(n)) for n in notifications]
+        Readers keep seeing the old rows until the rebuilt ones commit, so a rebuild never
+        shows a half-empty read model (no vanished sessions, no rejected tokens) and the
+        applied position never goes backwards.
+        """
+        with self._rebuilds_lock:
+            names = sorted(self._rebuilds)
+            self._rebuilds.clear()
+        if not names:
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for name, projection in self._projections.items():
-                applied = positions[name]
-                for position, event in events:
-                    if position > applied:
-                        projection.apply(self._db, event, position)
+            for name in names:
+                self._projections[name].clear(self._db)
                 self._db.execute(
-                    "UPDATE projection_positions SET position = ? WHERE name = ?",
-                    (max(applied, events[-1][0]), name),
-                )
+                    "UPDATE projection_positions SET position = 0 WHERE name = ?", (name,))
+            while True:
+                positions, notifications = self._next_batch()
+                if notifications:
+                    self._apply(positions, notifications)
+                if len(notifications) < BATCH_SIZE:
+                    break
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            with self._rebuilds_lock:
+                self._rebuilds.update(names)
+            raise
+        log.info("projections %s rebuilt from the log up to position %d",
+                 ", ".join(names), min(self._positions_locked().values()))
+
+    def _next_batch(self) -> tuple[dict[str, int], list[Notification]]:
+        positions = self._positions_locked()
+        notifications = self._application.recorder.select_notifications(
+            min(positions.values()), BATCH_SIZE, inclusive_of_start=False
+        )
+        return positions, notifications
+
+    def _apply(self, positions: dict[str, int], notifications: list[Notification]) -> None:
+        """Apply one batch to every projection that has not seen it (inside a transaction)."""
+        mapper = self._application.mapper
+        events = [(n.id, mapper.to_domain_event(n)) for n in notifications]
+        for name, projection in self._projections.items():
+            applied = positions[name]
+            for position, event in events:
+                if position > applied:
+                    projection.apply(self._db, event, position)
+            self._db.execute(
+                "UPDATE projection_positions SET position = ? WHERE name = ?",
+                (max(applied, events[-1][0]), name),
+            )
+
+    def _apply_batch(self) -> int:
+        positions, notifications = self._next_batch()
+        if not notifications:
+            return 0
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._apply(positions, notifications)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

@@ -10,6 +10,7 @@ import aiosqlite
 
 from projections.base import Projection, iso, row_dict
 
+
 class SessionsProjection(Projection):
     name = "sessions"
     tables = ("sessions",)
@@ -98,7 +99,9 @@ async def list_sessions(
         return [_summary(row) for row in await cursor.fetchall()]
 
 
-async def get_session(db: aiosqlite.Connection, owner_id: str, session_id: str) -> dict[str, Any] | None:
+async def get_session(
+    db: aiosqlite.Connection, owner_id: str, session_id: str
+) -> dict[str, Any] | None:
     async with db.execute(
         f"SELECT {SUMMARY}, s.config FROM sessions s"
         " WHERE s.id = ? AND s.owner_id = ? AND s.deleted = 0",

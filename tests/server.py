@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,42 @@ class Api:
         """The event store head, as an admin sees it (for 'appended nothing' checks)."""
         return int(self.get("/api/admin/stats/").json()["events"])
 
+    def quiet_head(self, timeout: float = 120) -> int:
+        """The head once no reply is queued or generating (admin only).
+
+        Earlier tests may leave a reply generating in the background; its tokens would
+        move the head. Once the actor is idle, only requests append events.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            first = self.get("/api/admin/stats/").json()
+            if not first["queue_depth"] and not first["generating"]:
+                again = self.get("/api/admin/stats/").json()
+                if (not again["queue_depth"] and not again["generating"]
+                        and again["events"] == first["events"]):
+                    return int(again["events"])
+            time.sleep(0.05)
+        raise AssertionError("the inference actor did not become idle")
+
+    def events(self, **params: Any) -> list[dict[str, Any]]:
+        """Admin: every event matching the filters (type, originator_id, after), all pages."""
+        found: list[dict[str, Any]] = []
+        after = int(params.pop("after", 0))
+        while True:
+            response = self.get("/api/admin/events/",
+                                params={**params, "after": after, "limit": 1000})
+            assert response.status_code == 200, response.text
+            page = response.json()
+            found += page["events"]
+            if len(page["events"]) < 1000:
+                return found
+            after = page["next_after"]
+
+    def post_message(self, session_id: str, content: str) -> dict[str, Any]:
+        response = self.post(f"/api/sessions/{session_id}/messages/", json={"content": content})
+        assert response.status_code == 202, response.text
+        return dict(response.json())
+
 
 def sse_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
     """Parse a text/event-stream response into {id, event, data} dicts (comments skipped)."""
@@ -147,3 +185,32 @@ def sse_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
         else:
             field, _, value = line.partition(":")
             event[field] = value[1:] if value.startswith(" ") else value
+
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
+
+
+def is_iso_utc(value: Any) -> bool:
+    """An ISO-8601 UTC time string as the API writes them: `2026-01-02T03:04:05.123456Z`."""
+    if not isinstance(value, str) or not ISO_UTC.match(value):
+        return False
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed.utcoffset() == timedelta(0)
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None,
+                 field: str | None = None) -> dict[str, Any]:
+    """The API's one error shape, exactly: {"error": {"code", "message"}}."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"code", "message"}, body
+    assert isinstance(error["code"], str) and re.fullmatch(r"[a-z][a-z0-9_]*", error["code"])
+    assert isinstance(error["message"], str) and error["message"].strip()
+    if code is not None:
+        assert error["code"] == code, body
+    if field is not None:
+        assert field in error["message"], f"the message should name {field!r}: {body}"
+    return dict(error)

@@ -14,10 +14,10 @@ from starlette.routing import Route
 from app import validation as v
 from app.api.sessions import owned_session
 from app.auth import require_user, services_of
-from app.errors import invalid
 from app.replies import queue_reply, stop_replies
 from app.services import Services
 from app.sse_events import stream_event, to_json
+from app.streaming import follow_session, resume_position
 from projections import messages as messages_read
 
 
@@ -55,38 +55,14 @@ async def cancel(request: Request) -> Response:
     return JSONResponse({"status": "cancelling"}, 202)
 
 
-def resume_position(request: Request) -> int:
-    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-    if raw is None or raw.strip() == "":
-        return 0
-    try:
-        position = int(raw.strip())
-    except ValueError:
-        raise invalid("last_event_id", "must be an event id from this stream.") from None
-    if position < 0:
-        raise invalid("last_event_id", "must not be negative.")
-    return position
-
-
-READ_BATCH = 1000
-
-
-async def session_events(
+async def api_events(
     services: Services, session_id: UUID, after: int
 ) -> AsyncIterator[ServerSentEvent]:
-    """Every shown event of the session after `after`, then live ones as they commit."""
-    while True:
-        # The head is read before the log, so a commit landing in between wakes the wait.
-        head = services.head.position
-        logged_events = await services.event_log.of_originator(session_id, after, READ_BATCH)
-        for logged in logged_events:
-            after = logged.position
-            shown = stream_event(logged.event)
-            if shown is not None:
-                name, data = shown
-                yield ServerSentEvent(data=to_json(data), event=name, id=str(logged.position))
-        if len(logged_events) < READ_BATCH:
-            await services.head.wait_beyond(head, timeout=30)
+    async for logged in follow_session(services, session_id, after):
+        shown = stream_event(logged.event)
+        if shown is not None:
+            name, data = shown
+            yield ServerSentEvent(data=to_json(data), event=name, id=str(logged.position))
 
 
 async def stream(request: Request) -> Response:
@@ -95,7 +71,7 @@ async def stream(request: Request) -> Response:
     session = await owned_session(request, user)
     after = resume_position(request)
     return EventSourceResponse(
-        session_events(services, UUID(session["id"]), after),
+        api_events(services, UUID(session["id"]), after),
         ping=services.settings.sse_ping_seconds,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -71,7 +71,8 @@ async def list_or_create(request: Request) -> Response:
         if len(q) > 500:
             raise invalid("q", "must be at most 500 characters.")
         limit = v.query_int(request, "limit", 50, 1, 500)
-        return JSONResponse(await sessions_read.list_sessions(services.read_db, user["id"], q, limit))
+        found = await sessions_read.list_sessions(services.read_db, user["id"], q, limit)
+        return JSONResponse(found)
     body = await v.read_json(request, services.settings.max_body_bytes, allow_empty=True)
     title, config = session_fields(body, services)
     session_id, position = await services.command(
@@ -102,7 +103,8 @@ async def detail(request: Request) -> Response:
     except NotFound:
         raise not_found("session") from None
     await services.settle(position)
-    return JSONResponse(await sessions_read.get_session(services.read_db, user["id"], session["id"]))
+    updated = await sessions_read.get_session(services.read_db, user["id"], session["id"])
+    return JSONResponse(updated)
 
 
 async def delete_session(services: Services, session_id: UUID, owner_id: UUID) -> None:

@@ -182,7 +182,8 @@ class InferenceActor:
         try:
             prompt = engine.prepare(config["system_prompt"], history, params.max_tokens)
         except ContextTooLong as error:
-            self._record(job, lambda s: s.fail_reply(rid, "context_too_long", str(error)))
+            reason = str(error)
+            self._record(job, lambda s: s.fail_reply(rid, "context_too_long", reason))
             return
         if not self._record(job, lambda s: s.start_reply(rid, len(prompt.tokens),
                                                          prompt.dropped_turns)):
@@ -212,8 +213,8 @@ class InferenceActor:
         except Exception as error:
             log.exception("engine failed on reply %s", rid)
             batch.flush()
-            self._record(job, lambda s: s.fail_reply(rid, "generation_failed",
-                                                     f"The model failed: {error}"))
+            reason = f"The model failed: {error}"
+            self._record(job, lambda s: s.fail_reply(rid, "generation_failed", reason))
             return
         seconds = time.monotonic() - started
         self.recent.append(Generation(batch.token_count, seconds, first_token_at))

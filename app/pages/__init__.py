@@ -1,1 +1,1 @@
-"""pages"""
+"""Server-rendered pages (Jinja + HTMX): the browser chat."""

@@ -1,0 +1,33 @@
+"""Errors on pages: a full error page, or a toast when htmx made the request."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.pages.render import TEMPLATES, is_htmx, toast
+
+TITLES = {
+    400: "That did not work", 401: "Please sign in", 403: "Not allowed",
+    404: "Page not found", 413: "Too large", 429: "Slow down", 503: "Busy right now",
+}
+
+
+def page_error(request: Request, status: int, message: str,
+               headers: dict[str, str] | None = None) -> Response:
+    if is_htmx(request):
+        response = toast(message, status)
+        if status == 401:
+            response.headers["HX-Redirect"] = "/login"
+    else:
+        if status == 404:
+            message = "This chat does not exist, or it is not yours."
+        response = TEMPLATES.TemplateResponse(
+            request, "error.html",
+            {"status": status, "title": TITLES.get(status, "Something went wrong"),
+             "message": message},
+            status_code=status,
+        )
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response

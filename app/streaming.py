@@ -1,0 +1,45 @@
+"""Following one session's events in the committed log: replay after a position, then live."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+from starlette.requests import Request
+
+from app.errors import invalid
+from app.event_log import LoggedEvent
+from app.services import Services
+
+READ_BATCH = 1000
+WAIT_SECONDS = 30.0
+
+
+def resume_position(request: Request) -> int:
+    """Where a stream resumes: the Last-Event-ID header (set by EventSource on reconnect)
+    wins over `?last_event_id=` (the position a page or client started from)."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw is None or raw.strip() == "":
+        return 0
+    try:
+        position = int(raw.strip())
+    except ValueError:
+        raise invalid("last_event_id", "must be an event id from this stream.") from None
+    if position < 0:
+        raise invalid("last_event_id", "must not be negative.")
+    return position
+
+
+async def follow_session(
+    services: Services, session_id: UUID, after: int
+) -> AsyncIterator[LoggedEvent]:
+    """Every event of the session after `after` in log order, then each new one as it commits."""
+    while True:
+        # The head is read before the log, so a commit landing in between wakes the wait.
+        head = services.head.position
+        batch = await services.event_log.of_originator(session_id, after, READ_BATCH)
+        for logged in batch:
+            after = logged.position
+            yield logged
+        if len(batch) < READ_BATCH:
+            await services.head.wait_beyond(head, timeout=WAIT_SECONDS)
