@@ -29,7 +29,7 @@ async def signed_in_user(request: Request) -> dict[str, Any] | None:
 
 
 def to_login(request: Request) -> Response:
-    return RedirectResponse(f"/login?next={quote(request.url.path)}", 303)
+    return RedirectResponse(f"/login?next={quote(request.url.path, safe='')}", 303)
 
 
 async def own_session(request: Request, user: dict[str, Any]) -> dict[str, Any]:

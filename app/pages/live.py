@@ -1,8 +1,10 @@
 """The chat page's live stream: the session's logged events as HTML fragments for htmx.
 
-Each fragment goes to the element that listens for its event name (htmx-ext-sse
-`sse-swap`): new messages to the conversation, tokens to their reply's text, a reply's new
-state to its whole article, a new title to the header and the sidebar.
+Every event is named `update` and goes to one listener that exists from page load; each
+fragment places itself with `hx-swap-oob`: new messages at the end of the conversation,
+tokens at the end of their reply's text, a reply's new state over its whole article, a new
+title into the header and the sidebar. (Listeners on elements that arrive over the stream
+would miss events sent before htmx had processed them.)
 """
 
 from __future__ import annotations
@@ -27,30 +29,32 @@ from projections.base import iso
 REPLY_ENDINGS = frozenset({"ReplyCompleted", "ReplyFailed", "ReplyCancelled", "ReplyInterrupted"})
 
 
-async def render(services: Services, logged: LoggedEvent) -> tuple[str, str] | None:
-    """(event name, HTML) for a logged event the page shows, else None."""
+async def render(services: Services, logged: LoggedEvent) -> str | None:
+    """The out-of-band HTML for a logged event the page shows, else None."""
     e: Any = logged.event
     kind = type(e).__name__
     session_id = str(e.originator_id)
     if kind == "UserMessagePosted":
         message = {"id": str(e.message_id), "role": "user", "content": e.content}
-        return "message", _article(message, session_id)
+        return _append_to_conversation(message, session_id)
     if kind == "ReplyQueued":
         reply = _reply(e.reply_id, "queued", queue_position=e.queue_position,
                        timestamp=iso(e.timestamp))
-        return "message", _article(reply, session_id)
+        return _append_to_conversation(reply, session_id)
     if kind == "ReplyStarted":
-        return f"reply-{e.reply_id}", _article(_reply(e.reply_id, "streaming"), session_id)
+        return _article(_reply(e.reply_id, "streaming"), session_id, oob=True)
     if kind == "TokensGenerated":
-        return f"token-{e.reply_id}", escape(e.text)
+        return f'<span hx-swap-oob="beforeend:#body-{e.reply_id}">{escape(e.text)}</span>'
     if kind in REPLY_ENDINGS:
         # An ended reply never changes again, so the read model, once it has applied this
         # event, holds exactly its final state.
         await services.settle(logged.position)
         reply = await messages_read.get_message(services.read_db, str(e.reply_id))
-        return (f"reply-{e.reply_id}", _article(reply, session_id)) if reply else None
+        return _article(reply, session_id, oob=True) if reply else None
     if kind == "Renamed":
-        return f"title-{session_id}", escape(e.title)
+        title = escape(e.title)
+        return (f'<span hx-swap-oob="innerHTML:#chat-title">{title}</span>'
+                f'<span hx-swap-oob="innerHTML:#session-link-{session_id}">{title}</span>')
     return None
 
 
@@ -59,17 +63,20 @@ def _reply(reply_id: UUID, status: str, **fields: Any) -> dict[str, Any]:
             "token_count": 0, "processing_time": None, "metadata": {}, **fields}
 
 
-def _article(message: dict[str, Any], session_id: str) -> str:
-    return fragment("chat/_message.html", m=message, session_id=session_id)
+def _article(message: dict[str, Any], session_id: str, oob: bool = False) -> str:
+    return fragment("chat/_message.html", m=message, session_id=session_id, oob=oob)
+
+
+def _append_to_conversation(message: dict[str, Any], session_id: str) -> str:
+    return f'<div hx-swap-oob="beforeend:#messages">{_article(message, session_id)}</div>'
 
 
 async def _stream(services: Services, session_id: UUID, after: int
                   ) -> AsyncIterator[ServerSentEvent]:
     async for logged in follow_session(services, session_id, after):
-        shown = await render(services, logged)
-        if shown is not None:
-            name, html = shown
-            yield ServerSentEvent(data=html, event=name, id=str(logged.position))
+        html = await render(services, logged)
+        if html is not None:
+            yield ServerSentEvent(data=html, event="update", id=str(logged.position))
 
 
 async def live_events(request: Request, session_id: UUID) -> Response:
