@@ -37,10 +37,10 @@ assets: node_modules/.package-lock.json
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 
-# Browser tests drive Debian's chromium; install it when missing.
+# Browser tests drive Debian's chromium (and need a Korean font for the screenshots).
 browser:
-	@command -v chromium >/dev/null || { \
-		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null && fc-list | grep -qi "noto sans cjk" || { \
+		apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check .
