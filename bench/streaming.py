@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.config import Settings  # noqa: E402
-from app.inference.engine import Finished, SamplingParams, Turn  # noqa: E402
-from app.inference.llama_engine import LlamaEngine  # noqa: E402
-from tests.server import Api, ServerProcess, sse_events  # noqa: E402
+from app.config import Settings
+from app.inference.engine import Finished, SamplingParams, Turn
+from app.inference.llama_engine import LlamaEngine
+from tests.server import Api, ServerProcess, sse_events
 
 PROMPTS = [
     "Explain what a lighthouse does in three sentences.",
