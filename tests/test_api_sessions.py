@@ -192,7 +192,7 @@ def test_list_limit(user: Api) -> None:
 
 def test_list_search_by_title_and_message_text(user: Api) -> None:
     weather = user.new_session(title="날씨 이야기", max_tokens=16)
-    cooking = user.new_session(title="Cooking Plans", max_tokens=16)
+    cooking = user.new_session(title="Cooking Plans", max_tokens=16, temperature=0)
     user.new_session(title="Unrelated")
     posted = user.post_message(cooking["id"], "김치찌개 만드는 법 알려줘")
     user.wait_reply(cooking["id"], posted["reply"]["id"])
