@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +47,17 @@ def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
     process = ServerProcess(tmp_path / "data")
     yield process
     process.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[
+        None, pytest.TestReport, pytest.TestReport]:
+    """On failure, attach the tail of every server log the test used: the server's side."""
+    report = yield
+    if report.failed and call.when == "call":
+        for name in ("fresh_server", "server"):
+            process = getattr(item, "funcargs", {}).get(name)
+            if isinstance(process, ServerProcess) and process.log_path.exists():
+                tail = process.log_path.read_text(errors="replace")[-4000:]
+                report.sections.append((f"{name} log (tail)", tail))
+    return report

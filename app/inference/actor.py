@@ -147,8 +147,9 @@ class InferenceActor:
                 continue
             try:
                 await anyio.to_thread.run_sync(self._generate, job, abandon_on_cancel=False)
-            except Exception:
+            except Exception as error:
                 log.exception("generation of reply %s crashed", job.reply_id)
+                await anyio.to_thread.run_sync(self._fail_after_crash, job, error)
             finally:
                 with self._lock:
                     self._running = None
@@ -162,6 +163,14 @@ class InferenceActor:
         except DomainError as error:  # e.g. the reply was already ended elsewhere
             log.info("reply %s: %s", job.reply_id, error)
             return False
+
+    def _fail_after_crash(self, job: Job, error: Exception) -> None:
+        """Never leave a reply open: end it as failed (its text so far stays in the log)."""
+        reason = f"The server failed while writing this reply: {error}"
+        try:
+            self._record(job, lambda s: s.fail_reply(job.reply_id, "internal_error", reason))
+        except Exception:
+            log.exception("could not record the failure of reply %s", job.reply_id)
 
     def _generate(self, job: Job) -> None:
         engine, rid = self.engine, job.reply_id
