@@ -268,3 +268,27 @@ def test_rename_settings_and_delete(
     page.wait_for_url(f"**/chats/{keep['id']}")
     assert user.get(f"/api/sessions/{session['id']}/").status_code == 404
     expect(page.locator(f"#session-{session['id']}")).to_have_count(0)
+
+
+def test_a_crash_mid_reply_shows_it_interrupted_after_the_page_reconnects(
+    context: BrowserContext, fresh_server: ServerProcess
+) -> None:
+    fresh_server.start()
+    api = Api(fresh_server.url).register()
+    session = api.new_session(max_tokens=1500, temperature=0.9)
+    page = signed_in_page(context, fresh_server, api)
+    page.goto(f"{fresh_server.url}/chats/{session['id']}")
+    page.fill("#prompt", LONG_PROMPT)
+    page.press("#prompt", "Enter")
+    expect(reply_article(page).locator(".message__body")).not_to_have_text("", timeout=30_000)
+
+    fresh_server.kill()
+    fresh_server.start()  # same port: the page's stream reconnects by itself
+
+    reply = reply_article(page)
+    expect(reply).to_have_attribute("data-status", "interrupted", timeout=30_000)
+    expect(reply.locator(".badge")).to_have_text("Interrupted")
+    stored = api.get(f"/api/sessions/{session['id']}/messages/").json()[-1]
+    assert reply.locator(".message__body").inner_text() == stored["content"] != ""
+    reply.get_by_role("button", name="Regenerate").click()
+    expect(page.locator("article.message--assistant")).to_have_count(2)

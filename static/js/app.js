@@ -138,6 +138,21 @@
     if (e.key === 'Escape' && document.querySelector('.shell--nav-open')) setNav(false);
   });
 
+  // Live stream resume. The browser's own reconnect sends Last-Event-ID, but when the
+  // stream is closed for good (e.g. an error answer), htmx-ext-sse opens a new EventSource
+  // on the page's original URL, which would replay from the position the page was
+  // rendered at. Open it from the last event this page applied instead.
+  var lastIds = {};
+  if (window.htmx) {
+    htmx.createEventSource = function (url) {
+      var resumeAt = lastIds[url];
+      var target = resumeAt ? url.replace(/([?&]last_event_id=)[^&]*/, '$1' + resumeAt) : url;
+      var source = new EventSource(target, { withCredentials: true });
+      source.addEventListener('update', function (e) { if (e.lastEventId) lastIds[url] = e.lastEventId; });
+      return source;
+    };
+  }
+
   // Per-content setup: run on first load and for every htmx-inserted fragment.
   var armedToasts = new WeakSet();
   function init(root) {
