@@ -49,7 +49,13 @@ async def api_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = HTTP_CODES.get(exc.status_code, "http_error")
-    message = exc.detail if exc.status_code != 404 else "The resource does not exist."
+    message = exc.detail
+    if exc.status_code == 404:
+        message = "The resource does not exist."
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed here" + (
+            f"; use {allowed}." if allowed else ".")
     return error_response(exc.status_code, code, message, dict(exc.headers or {}))
 
 

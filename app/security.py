@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import deque
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -51,19 +51,39 @@ def csrf_token(secret: bytes, session_token: str) -> str:
     return hmac.new(secret, b"csrf:" + session_token.encode(), hashlib.sha256).hexdigest()
 
 
+SWEEP_MIN = 1024  # tracked keys before expired ones are swept out
+
+
 class LoginLimiter:
     """Counts failed sign-ins per username and per address within a sliding window."""
 
     def __init__(self, max_failures: int, window_seconds: int) -> None:
         self.max_failures = max_failures
         self.window = window_seconds
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        # Only keys with failures inside the window are kept, so probing many usernames or
+        # addresses cannot grow this without bound.
+        self._failures: dict[str, deque[float]] = {}
+        self._sweep_at = SWEEP_MIN
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        stamps = self._failures[key]
+        stamps = self._failures.get(key)
+        if stamps is None:
+            return deque()
         while stamps and stamps[0] <= now - self.window:
             stamps.popleft()
+        if not stamps:
+            del self._failures[key]
         return stamps
+
+    def _sweep(self, now: float) -> None:
+        for key in list(self._failures):
+            self._recent(key, now)
+        self._sweep_at = max(SWEEP_MIN, 2 * len(self._failures))
+
+    @property
+    def tracked(self) -> int:
+        """How many usernames and addresses have recent failures."""
+        return len(self._failures)
 
     def retry_after(self, *keys: str) -> int:
         """Seconds until another attempt is allowed; 0 when allowed now."""
@@ -77,8 +97,11 @@ class LoginLimiter:
 
     def fail(self, *keys: str) -> None:
         now = time.monotonic()
+        if len(self._failures) >= self._sweep_at:
+            self._sweep(now)
         for key in keys:
-            self._recent(key, now).append(now)
+            self._recent(key, now)
+            self._failures.setdefault(key, deque()).append(now)
 
     def succeed(self, *keys: str) -> None:
         for key in keys:

@@ -25,8 +25,8 @@ def resume_position(request: Request) -> int:
         position = int(raw.strip())
     except ValueError:
         raise invalid("last_event_id", "must be an event id from this stream.") from None
-    if position < 0:
-        raise invalid("last_event_id", "must not be negative.")
+    if not 0 <= position < 2**63:
+        raise invalid("last_event_id", "must be an event id from this stream.")
     return position
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.server import Api, assert_error, is_iso_utc
+from app import security
+from tests.server import Api, ServerProcess, assert_error, is_iso_utc
 
 PASSWORD = "correct horse"
 _addresses = itertools.count(1)
@@ -307,3 +309,79 @@ def test_a_successful_sign_in_resets_the_count(anon: Api, user: Api) -> None:
     for _ in range(4):
         assert login(anon, name, "wrong password").status_code == 401
     assert login(anon, name, PASSWORD).status_code == 200
+
+
+# -- races ---------------------------------------------------------------------------------
+
+
+def register_raw(url: str, username: str) -> httpx.Response:
+    return httpx.post(f"{url}/api/auth/register/", timeout=60, json={
+        "username": username, "email": "race@example.com", "password": PASSWORD})
+
+
+def test_racing_registrations_of_one_name_make_one_account(anon: Api, admin: Api) -> None:
+    name = unique_name()
+    spellings = [name, name.upper(), name.capitalize(), name] * 2
+    before = admin.quiet_head()
+    with ThreadPoolExecutor(len(spellings)) as pool:
+        responses = list(pool.map(lambda n: register_raw(anon.url, n), spellings))
+    assert sorted(r.status_code for r in responses) == [201] + [409] * (len(spellings) - 1)
+    for response in responses:
+        if response.status_code == 409:
+            assert_error(response, 409, "username_taken", "username")
+    registered = [e for e in admin.events(after=before, type="User.Registered")
+                  if e["data"]["username"].casefold() == name.casefold()]
+    assert len(registered) == 1
+
+
+def test_racing_first_registrations_make_exactly_one_admin(fresh_server: ServerProcess) -> None:
+    fresh_server.start()
+    names = [unique_name() for _ in range(6)]
+    with ThreadPoolExecutor(len(names)) as pool:
+        responses = list(pool.map(lambda n: register_raw(fresh_server.url, n), names))
+    assert [r.status_code for r in responses] == [201] * len(names)
+    admins = [Api(fresh_server.url, r.json()["token"]).get("/api/auth/me/").json()["is_admin"]
+              for r in responses]
+    assert admins.count(True) == 1
+
+
+# -- the sign-in limiter, in-process --------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_limiter_window_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(security.time, "monotonic", clock)
+    limiter = security.LoginLimiter(max_failures=3, window_seconds=60)
+    # Checking keys that never failed keeps nothing.
+    for i in range(5000):
+        assert limiter.retry_after(f"user:probe{i}", "addr:10.0.0.1") == 0
+    assert limiter.tracked == 0
+
+    for _ in range(3):
+        limiter.fail("user:alice", "addr:10.0.0.1")
+    assert limiter.retry_after("user:alice", "addr:10.9.9.9") == 61
+    assert limiter.retry_after("user:bob", "addr:10.0.0.1") == 61
+    clock.now += 30
+    assert limiter.retry_after("user:alice") == 31
+    clock.now += 30.5
+    assert limiter.retry_after("user:alice", "addr:10.0.0.1") == 0  # the window slid past
+    assert limiter.tracked == 0
+
+    # Thousands of one-off failures are swept out once their window has passed.
+    for i in range(5000):
+        limiter.fail(f"user:spray{i}")
+    assert limiter.tracked == 5000
+    clock.now += 61
+    for i in range(5000):
+        limiter.fail(f"user:later{i}")
+    assert limiter.tracked < 5000 + security.SWEEP_MIN * 2
+    limiter.succeed("user:later1")
+    assert limiter.retry_after("user:later1") == 0

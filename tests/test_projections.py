@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -292,5 +293,41 @@ def test_readers_never_see_a_half_rebuilt_read_model(
         seen = rows(path, "SELECT visible FROM probe")
         assert [r["visible"] for r in seen] == [total] * 4
         assert runner.positions()["probe"] == chat.head()
+    finally:
+        runner.stop()
+
+
+class PositionsProbe(Projection):
+    """Asks the runner for its positions from another thread while a catch-up is applying."""
+
+    name = "positions_probe"
+    tables = ("positions_probe",)
+    schema = "CREATE TABLE IF NOT EXISTS positions_probe (position INTEGER, seen TEXT);"
+    runner: ClassVar[ProjectionRunner]
+
+    def on_ChatSession_Started(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+        answer: list[dict[str, int]] = []
+        asker = threading.Thread(target=lambda: answer.append(self.runner.positions()))
+        asker.start()
+        asker.join(timeout=10)
+        db.execute("INSERT INTO positions_probe VALUES (?, ?)",
+                   (pos, json.dumps(answer[0]) if answer else "blocked"))
+
+
+def test_positions_answer_at_once_during_a_catch_up(chat: ChatApplication,
+                                                    tmp_path: Path) -> None:
+    user = chat.register_user("positions", "p@example.com", "hash")
+    path = tmp_path / "read.sqlite"
+    runner = ProjectionRunner(chat, path, [*all_projections(), PositionsProbe()])
+    PositionsProbe.runner = runner
+    try:
+        runner.catch_up()
+        committed = chat.head()
+        chat.start_session(user.id, "", CONFIG)
+        runner.catch_up()
+        seen = rows(path, "SELECT seen FROM positions_probe")
+        # Not blocked behind the running catch-up, and showing only committed progress.
+        assert [json.loads(r["seen"]) for r in seen] == [
+            {name: committed for name in runner.names}]
     finally:
         runner.stop()

@@ -89,13 +89,11 @@ class LlamaEngine:
             reset=True,
         ):
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                yield Token(decoder.decode(b"", final=True))
-                yield Finished("stop")
+                yield Finished("stop")  # bytes of a character left incomplete are dropped
                 return
             piece = self._llm.detokenize([token], prev_tokens=prompt.tokens + generated)
             generated.append(token)
             yield Token(decoder.decode(piece))
             if len(generated) >= params.max_tokens:
-                yield Token(decoder.decode(b"", final=True))
                 yield Finished("length")
                 return
