@@ -11,14 +11,6 @@ import aiosqlite
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import Mapper, StoredEvent
 
-# SQLite's largest INTEGER. A client may resume from any number; no position is beyond this.
-MAX_POSITION = 2**63 - 1
-
-
-def _bounded(position: int) -> int:
-    """A position SQLite can compare with (larger numbers would raise OverflowError)."""
-    return max(-1, min(position, MAX_POSITION))
-
 
 @dataclass(frozen=True)
 class LoggedEvent:
@@ -45,17 +37,14 @@ class EventLog:
         return int(row[0] or 0) if row else 0
 
     async def of_originator(
-        self, originator_id: UUID, after: int, limit: int = 1000, upto: int | None = None
+        self, originator_id: UUID, after: int, limit: int = 1000
     ) -> list[LoggedEvent]:
-        """One aggregate's events with positions after `after` (and at most `upto`)."""
+        """One aggregate's events with positions after `after`."""
         sql = (
             "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events"
             " WHERE originator_id = ? AND rowid > ?"
         )
-        params: list[Any] = [originator_id.hex, _bounded(after)]
-        if upto is not None:
-            sql += " AND rowid <= ?"
-            params.append(_bounded(upto))
+        params: list[Any] = [originator_id.hex, after]
         sql += " ORDER BY originator_version LIMIT ?"
         params.append(limit)
         async with self._db.execute(sql, params) as cursor:
@@ -75,7 +64,7 @@ class EventLog:
             "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events"
             " WHERE rowid > ?"
         )
-        params: list[Any] = [_bounded(after)]
+        params: list[Any] = [after]
         if type_name:
             # GLOB, not LIKE: type names are case-sensitive and "_" is no wildcard in them.
             pattern = "".join(f"[{c}]" if c in "*?[]" else c for c in type_name)
