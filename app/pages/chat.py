@@ -12,9 +12,15 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from app import validation as v
-from app.api.sessions import default_config, delete_session, parse_id, session_fields
+from app.api.sessions import (
+    default_config,
+    delete_session,
+    owned_session,
+    parse_id,
+    session_fields,
+)
 from app.auth import optional_user, require_user, services_of
-from app.errors import ApiError, not_found
+from app.errors import ApiError
 from app.pages.live import live_events
 from app.pages.render import fragment, limits, page
 from app.replies import queue_reply, stop_replies
@@ -24,21 +30,8 @@ from projections import sessions as sessions_read
 SETTINGS_FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens")
 
 
-async def signed_in_user(request: Request) -> dict[str, Any] | None:
-    return await optional_user(request)
-
-
 def to_login(request: Request) -> Response:
     return RedirectResponse(f"/login?next={quote(request.url.path, safe='')}", 303)
-
-
-async def own_session(request: Request, user: dict[str, Any]) -> dict[str, Any]:
-    services = services_of(request)
-    session_id = parse_id(request.path_params["session_id"])
-    session = await sessions_read.get_session(services.read_db, user["id"], str(session_id))
-    if session is None:
-        raise not_found("chat")
-    return session
 
 
 async def index(request: Request) -> Response:
@@ -46,7 +39,7 @@ async def index(request: Request) -> Response:
 
 
 async def chats(request: Request) -> Response:
-    user = await signed_in_user(request)
+    user = await optional_user(request)
     if user is None:
         return to_login(request)
     services = services_of(request)
@@ -64,14 +57,14 @@ async def chats(request: Request) -> Response:
 
 
 async def chat_page(request: Request) -> Response:
-    user = await signed_in_user(request)
+    user = await optional_user(request)
     if user is None:
         return to_login(request)
     services = services_of(request)
     session_id = parse_id(request.path_params["session_id"])
     # Messages first: the position they reflect is where the live stream resumes.
     position, messages = await messages_read.snapshot(services.read_db, str(session_id))
-    session = await own_session(request, user)
+    session = await owned_session(request, user)
     config = session["config"]
     return page(request, "chat/page.html", {
         "user": user,
@@ -90,7 +83,7 @@ async def chat_page(request: Request) -> Response:
 async def post_message(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
-    session = await own_session(request, user)
+    session = await owned_session(request, user)
     form = await v.read_form(request, services.settings.max_body_bytes)
     content = v.text(form, "content", max_len=services.settings.max_message_chars,
                      required=True, allow_blank=False)
@@ -103,7 +96,7 @@ async def post_message(request: Request) -> Response:
 async def regenerate(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
-    session = await own_session(request, user)
+    session = await owned_session(request, user)
     session_id = UUID(session["id"])
     await queue_reply(services, session_id,
                       partial(services.chat.regenerate, session_id, UUID(user["id"])))
@@ -112,7 +105,7 @@ async def regenerate(request: Request) -> Response:
 
 async def cancel(request: Request) -> Response:
     user = await require_user(request)
-    session = await own_session(request, user)
+    session = await owned_session(request, user)
     await stop_replies(services_of(request), UUID(session["id"]))
     return Response(status_code=204)
 
@@ -132,7 +125,7 @@ def form_numbers(form: dict[str, str]) -> dict[str, Any]:
 async def settings(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
-    session = await own_session(request, user)
+    session = await owned_session(request, user)
     form = await v.read_form(request, services.settings.max_body_bytes)
     values = {key: form.get(key, "") for key in SETTINGS_FIELDS}
     context: dict[str, Any] = {"session": session, "values": values, "limits": limits(request)}
@@ -151,7 +144,7 @@ async def settings(request: Request) -> Response:
 async def rename(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
-    session = await own_session(request, user)
+    session = await owned_session(request, user)
     active_id = _active_session(request)
     if request.method == "GET":
         return HTMLResponse(fragment("chat/_rename.html", item=session, active_id=active_id,
@@ -172,7 +165,7 @@ async def rename(request: Request) -> Response:
 
 async def item(request: Request) -> Response:
     user = await require_user(request)
-    session = await own_session(request, user)
+    session = await owned_session(request, user)
     return HTMLResponse(fragment("chat/_session_item.html", item=session,
                                  active_id=_active_session(request)))
 
@@ -180,7 +173,7 @@ async def item(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
-    session = await own_session(request, user)
+    session = await owned_session(request, user)
     await delete_session(services, UUID(session["id"]), UUID(user["id"]))
     if _active_session(request) == session["id"]:
         return Response(status_code=204, headers={"HX-Redirect": "/chats"})
@@ -198,7 +191,7 @@ def _active_session(request: Request) -> str | None:
 
 async def events(request: Request) -> Response:
     user = await require_user(request)
-    session = await own_session(request, user)
+    session = await owned_session(request, user)
     return await live_events(request, UUID(session["id"]))
 
 
