@@ -17,6 +17,7 @@ run: install model assets
 
 test: install model assets browser
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 install: $(VENV)/.installed
@@ -44,6 +45,7 @@ browser:
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: install model
 	$(BIN)/python bench/token_commits.py

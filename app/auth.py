@@ -36,7 +36,7 @@ def presented_token(request: Request) -> tuple[str | None, bool]:
 
 async def optional_user(request: Request) -> dict[str, Any] | None:
     if "user" in request.scope:
-        return request.scope["user"]  # type: ignore[no-any-return]
+        return request.scope["user"]
     token, from_cookie = presented_token(request)
     user = None
     if token:

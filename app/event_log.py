@@ -8,14 +8,14 @@ from typing import Any
 from uuid import UUID
 
 import aiosqlite
-from eventsourcing.domain import DomainEvent
+from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, StoredEvent
 
 
 @dataclass(frozen=True)
 class LoggedEvent:
     position: int
-    event: DomainEvent
+    event: DomainEventProtocol[UUID]
 
 
 class EventLog:

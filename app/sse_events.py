@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from eventsourcing.domain import DomainEvent
+from eventsourcing.domain import DomainEventProtocol
 
 INTERRUPTED_MESSAGE = "The server stopped while this reply was being written."
 
 
-def stream_event(event: DomainEvent) -> tuple[str, dict[str, Any]] | None:
+def stream_event(event: DomainEventProtocol[Any]) -> tuple[str, dict[str, Any]] | None:
     """(SSE event name, data) for an event a chat client sees, else None."""
     kind = type(event).__qualname__
     e: Any = event

@@ -47,7 +47,7 @@ class ChatApplication(Application[UUID]):
     def head(self) -> int:
         return self.recorder.max_notification_id() or 0
 
-    def _save(self, *aggregates: Aggregate) -> int:
+    def _save(self, *aggregates: Aggregate | None) -> int:
         recordings = self.save(*aggregates)
         return recordings[-1].notification.id if recordings else self.head()
 
@@ -78,14 +78,14 @@ class ChatApplication(Application[UUID]):
 
     def find_user(self, username: str) -> User | None:
         try:
-            index = self.repository.get(UsernameIndex.create_id(username))
+            index: UsernameIndex = self.repository.get(UsernameIndex.create_id(username))
         except AggregateNotFoundError:
             return None
         return self.get_user(index.user_id)
 
     def get_user(self, user_id: UUID) -> User:
         try:
-            user = self.repository.get(user_id)
+            user: Aggregate = self.repository.get(user_id)
         except AggregateNotFoundError as error:
             raise NotFound("no such user") from error
         if not isinstance(user, User):
@@ -120,7 +120,7 @@ class ChatApplication(Application[UUID]):
     def get_session(self, session_id: UUID, owner_id: UUID | None = None) -> ChatSession:
         """The session; with `owner_id`, only if it is that user's and not deleted."""
         try:
-            session = self.repository.get(session_id)
+            session: Aggregate = self.repository.get(session_id)
         except AggregateNotFoundError as error:
             raise NotFound("no such session") from error
         if not isinstance(session, ChatSession):

@@ -6,7 +6,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from eventsourcing.domain import DomainEvent
+from eventsourcing.domain import DomainEventProtocol
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -34,7 +34,9 @@ class Projection:
         for table in self.tables:
             db.execute(f"DELETE FROM {table}")
 
-    def apply(self, db: sqlite3.Connection, event: DomainEvent, position: int) -> None:
+    def apply(
+        self, db: sqlite3.Connection, event: DomainEventProtocol[Any], position: int
+    ) -> None:
         handler = getattr(self, "on_" + type(event).__qualname__.replace(".", "_"), None)
         if handler is not None:
             handler(db, event, position)

@@ -185,7 +185,7 @@ async def snapshot(db: aiosqlite.Connection, session_id: str) -> tuple[int, list
         " ORDER BY m.position",
         (session_id,),
     ) as cursor:
-        rows = await cursor.fetchall()
+        rows = list(await cursor.fetchall())
     position = int(rows[0]["applied"]) if rows else 0
     messages = []
     for row in rows:

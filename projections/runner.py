@@ -170,14 +170,14 @@ class ProjectionRunner:
         log.info("projections %s rebuilt from the log up to position %d",
                  ", ".join(names), min(self._positions_locked().values()))
 
-    def _next_batch(self) -> tuple[dict[str, int], list[Notification]]:
+    def _next_batch(self) -> tuple[dict[str, int], Sequence[Notification]]:
         positions = self._positions_locked()
         notifications = self._application.recorder.select_notifications(
             min(positions.values()), BATCH_SIZE, inclusive_of_start=False
         )
         return positions, notifications
 
-    def _apply(self, positions: dict[str, int], notifications: list[Notification]) -> None:
+    def _apply(self, positions: dict[str, int], notifications: Sequence[Notification]) -> None:
         """Apply one batch to every projection that has not seen it (inside a transaction)."""
         mapper = self._application.mapper
         events = [(n.id, mapper.to_domain_event(n)) for n in notifications]

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiosqlite
 
-from domain.users import User, username_key
+from domain.users import username_key
 from projections.base import ISO_FORMAT, Projection, iso, row_dict
 
 
@@ -34,7 +34,7 @@ class UsersProjection(Projection):
     );
     """
 
-    def on_User_Registered(self, db: sqlite3.Connection, e: User.Registered, _: int) -> None:
+    def on_User_Registered(self, db: sqlite3.Connection, e: Any, _: int) -> None:
         db.execute(
             "INSERT INTO users (id, username, username_key, email, is_admin, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",

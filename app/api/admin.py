@@ -36,7 +36,7 @@ def _plain(value: Any) -> Any:
 
 
 def event_view(logged: LoggedEvent) -> dict[str, Any]:
-    event = logged.event
+    event: Any = logged.event  # every event of ours is an eventsourcing DomainEvent
     data = {
         key: "[redacted]" if key in REDACTED_FIELDS else _plain(value)
         for key, value in event.__dict__.items()

@@ -6,6 +6,7 @@ import codecs
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -57,7 +58,8 @@ class LlamaEngine:
         )
 
     def _tokens(self, turns: list[Turn]) -> list[int]:
-        rendered = self._formatter(messages=[{"role": t.role, "content": t.content} for t in turns])
+        messages: Any = [{"role": t.role, "content": t.content} for t in turns]
+        rendered = self._formatter(messages=messages)
         # The template writes any BOS itself, so the tokenizer must not add another.
         return self._llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
 

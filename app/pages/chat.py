@@ -87,6 +87,7 @@ async def post_message(request: Request) -> Response:
     form = await v.read_form(request, services.settings.max_body_bytes)
     content = v.text(form, "content", max_len=services.settings.max_message_chars,
                      required=True, allow_blank=False)
+    assert content is not None
     session_id = UUID(session["id"])
     record = partial(services.chat.post_message, session_id, UUID(user["id"]), content)
     await queue_reply(services, session_id, record)

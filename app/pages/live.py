@@ -49,8 +49,8 @@ async def render(services: Services, logged: LoggedEvent) -> str | None:
         # An ended reply never changes again, so the read model, once it has applied this
         # event, holds exactly its final state.
         await services.settle(logged.position)
-        reply = await messages_read.get_message(services.read_db, str(e.reply_id))
-        return _article(reply, session_id, oob=True) if reply else None
+        ended = await messages_read.get_message(services.read_db, str(e.reply_id))
+        return _article(ended, session_id, oob=True) if ended else None
     if kind == "Renamed":
         title = escape(e.title)
         return (f'<span hx-swap-oob="innerHTML:#chat-title">{title}</span>'
