@@ -158,3 +158,27 @@ def test_idle_stream_sends_pings(fresh_server: Any) -> None:
             if line.startswith(":"):
                 break
             assert time.monotonic() - started < 30, "no ping arrived"
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_records_nothing(
+    fresh_server: Any,
+) -> None:
+    fresh_server.env["MAX_QUEUE"] = "1"
+    fresh_server.start()
+    api = Api(fresh_server.url).register()
+    busy = api.new_session(max_tokens=1500, temperature=0.9)
+    running = post(api, busy["id"], LONG_PROMPT)
+    read_until_end(api, busy["id"], running["reply"]["id"], running["last_event_id"],
+                   stop_after_tokens=1)  # now it is generating, not waiting
+    waiting = post(api, busy["id"], "And then?")
+    assert waiting["reply"]["queue_position"] == 2
+
+    refused = api.post(f"/api/sessions/{busy['id']}/messages/", json={"content": "Third?"})
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "queue_full"
+    assert int(refused.headers["Retry-After"]) > 0
+    # (The running reply keeps appending tokens, so the check is on what was refused.)
+    posted_events = api.get("/api/admin/events/", params={
+        "originator_id": busy["id"], "type": "UserMessagePosted", "limit": 100}).json()
+    assert [e["data"]["content"] for e in posted_events["events"]] == [LONG_PROMPT, "And then?"]
+    api.post(f"/api/sessions/{busy['id']}/cancel/")
