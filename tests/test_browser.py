@@ -42,6 +42,16 @@ def signed_in_page(context: BrowserContext, server: ServerProcess, api: Api) -> 
     return context.new_page()
 
 
+def send_in_chat(context: BrowserContext, server: ServerProcess, api: Api, session_id: str,
+                 text: str) -> Page:
+    """Open the chat page of `api`'s session and send `text` from the composer."""
+    page = signed_in_page(context, server, api)
+    page.goto(f"{server.url}/chats/{session_id}")
+    page.fill("#prompt", text)
+    page.press("#prompt", "Enter")
+    return page
+
+
 def reply_article(page: Page) -> Any:
     return page.locator("article.message--assistant").last
 
@@ -137,10 +147,7 @@ def test_reload_mid_reply_continues_without_repeating(
     context: BrowserContext, server: ServerProcess, user: Api
 ) -> None:
     session = user.new_session(max_tokens=400, temperature=0.9)
-    page = signed_in_page(context, server, user)
-    page.goto(f"{server.url}/chats/{session['id']}")
-    page.fill("#prompt", LONG_PROMPT)
-    page.press("#prompt", "Enter")
+    page = send_in_chat(context, server, user, session["id"], LONG_PROMPT)
     reply = reply_article(page)
     expect(reply).to_have_attribute("data-status", "streaming", timeout=30_000)
     expect(reply.locator(".message__body")).not_to_have_text("", timeout=30_000)
@@ -165,10 +172,7 @@ def test_switching_away_and_back_mid_reply(
 ) -> None:
     other = user.new_session(title="다른 대화")
     session = user.new_session(max_tokens=400, temperature=0.9)
-    page = signed_in_page(context, server, user)
-    page.goto(f"{server.url}/chats/{session['id']}")
-    page.fill("#prompt", LONG_PROMPT)
-    page.press("#prompt", "Enter")
+    page = send_in_chat(context, server, user, session["id"], LONG_PROMPT)
     expect(reply_article(page)).to_have_attribute("data-status", "streaming", timeout=30_000)
 
     page.click(f"a[href='/chats/{other['id']}']")
@@ -188,10 +192,7 @@ def test_stop_button_keeps_what_was_written(
     context: BrowserContext, server: ServerProcess, user: Api
 ) -> None:
     session = user.new_session(max_tokens=1500, temperature=0.9)
-    page = signed_in_page(context, server, user)
-    page.goto(f"{server.url}/chats/{session['id']}")
-    page.fill("#prompt", LONG_PROMPT)
-    page.press("#prompt", "Enter")
+    page = send_in_chat(context, server, user, session["id"], LONG_PROMPT)
     reply = reply_article(page)
     expect(reply.locator(".message__body")).not_to_have_text("", timeout=30_000)
     reply.get_by_role("button", name="Stop").click()
@@ -276,10 +277,7 @@ def test_a_crash_mid_reply_shows_it_interrupted_after_the_page_reconnects(
     fresh_server.start()
     api = Api(fresh_server.url).register()
     session = api.new_session(max_tokens=1500, temperature=0.9)
-    page = signed_in_page(context, fresh_server, api)
-    page.goto(f"{fresh_server.url}/chats/{session['id']}")
-    page.fill("#prompt", LONG_PROMPT)
-    page.press("#prompt", "Enter")
+    page = send_in_chat(context, fresh_server, api, session["id"], LONG_PROMPT)
     expect(reply_article(page).locator(".message__body")).not_to_have_text("", timeout=30_000)
 
     fresh_server.kill()
