@@ -171,3 +171,61 @@
     init(document.body);
   }
 })();
+
+/* Copy buttons on code blocks (app/rendering/code.py):
+ *   <div class="code"> … <button type="button" class="code__copy" data-copy>Copy</button> … <pre><code>…
+ * One delegated listener, so blocks that arrive over the live stream work too. The
+ * clipboard API needs a secure context (https or localhost); elsewhere a hidden
+ * textarea and execCommand('copy') do it. The button says "Copied" for a moment
+ * (or its data-copied-label, for a translated page). */
+(function () {
+  'use strict';
+
+  var DONE_MS = 1500;
+  var timers = new WeakMap();
+
+  function copyWithTextarea(text) {
+    var active = document.activeElement;
+    var ta = document.createElement('textarea');
+    ta.value = text;
+    ta.setAttribute('readonly', '');
+    ta.style.position = 'fixed';      // CSSOM, not a style attribute: allowed under CSP
+    ta.style.top = '-1000px';
+    ta.style.opacity = '0';
+    document.body.appendChild(ta);
+    ta.select();
+    var ok = false;
+    try { ok = document.execCommand('copy'); } catch (err) { ok = false; }
+    ta.remove();
+    if (active && active.focus) active.focus();
+    return ok ? Promise.resolve() : Promise.reject(new Error('copy failed'));
+  }
+
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      return navigator.clipboard.writeText(text).catch(function () { return copyWithTextarea(text); });
+    }
+    return copyWithTextarea(text);
+  }
+
+  function showCopied(btn) {
+    if (!btn.dataset.label) btn.dataset.label = btn.textContent;
+    btn.textContent = btn.dataset.copiedLabel || 'Copied';
+    btn.classList.add('code__copy--done');
+    clearTimeout(timers.get(btn));
+    timers.set(btn, setTimeout(function () {
+      btn.textContent = btn.dataset.label;
+      btn.classList.remove('code__copy--done');
+    }, DONE_MS));
+  }
+
+  document.addEventListener('click', function (e) {
+    var btn = e.target.closest && e.target.closest('[data-copy]');
+    if (!btn) return;
+    var block = btn.closest('.code');
+    var code = block && block.querySelector('pre code');
+    if (!code) return;
+    // The block's source ends with a newline; a pasted snippet should not.
+    copyText(code.textContent.replace(/\n$/, '')).then(function () { showCopied(btn); }, function () {});
+  });
+})();
