@@ -1,0 +1,178 @@
+"""Keyword search over messages: an FTS5 index with the trigram tokenizer.
+
+Trigrams match any substring of three characters or more, which is what Korean needs
+(no word segmentation, particles glued to nouns: "날씨가" must match "날씨가 좋다" and
+"오늘 날씨가"). Shorter terms cannot use the index; they are matched with LIKE over the
+owner's own messages only.
+
+Indexed: user messages as posted, and assistant replies once they end with text
+(completed, cancelled, interrupted). Each session's owner and deletion are tracked here,
+so every query is confined to its owner's live sessions; a deleted session's messages
+are removed from the index.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from projections.base import Projection
+
+TRIGRAM = 3
+
+
+class SearchProjection(Projection):
+    name = "search"
+    tables = ("search_sessions", "search_messages", "search_text")
+    # The FTS rowid of a message is the log position of the event that indexed it: unique,
+    # and the same in every rebuild.
+    schema = """
+    CREATE TABLE IF NOT EXISTS search_sessions (
+        id TEXT PRIMARY KEY,
+        owner_id TEXT NOT NULL,
+        title TEXT NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS search_sessions_by_owner ON search_sessions (owner_id, deleted);
+    CREATE TABLE IF NOT EXISTS search_messages (
+        position INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        session_id TEXT NOT NULL,
+        role TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS search_messages_by_session
+        ON search_messages (session_id, position);
+    CREATE VIRTUAL TABLE IF NOT EXISTS search_text USING fts5(content, tokenize='trigram');
+    """
+
+    def on_ChatSession_Started(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+        db.execute("INSERT INTO search_sessions (id, owner_id, title) VALUES (?, ?, ?)",
+                   (str(e.originator_id), str(e.owner_id), e.title or "New chat"))
+
+    def on_ChatSession_Renamed(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+        db.execute("UPDATE search_sessions SET title = ? WHERE id = ?",
+                   (e.title, str(e.originator_id)))
+
+    def on_ChatSession_Deleted(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+        session_id = str(e.originator_id)
+        db.execute("UPDATE search_sessions SET deleted = 1 WHERE id = ?", (session_id,))
+        db.execute("DELETE FROM search_text WHERE rowid IN"
+                   " (SELECT position FROM search_messages WHERE session_id = ?)",
+                   (session_id,))
+        db.execute("DELETE FROM search_messages WHERE session_id = ?", (session_id,))
+
+    def on_ChatSession_UserMessagePosted(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+        self._index(db, e, pos, str(e.message_id), "user", e.content)
+
+    def on_ChatSession_ReplyCompleted(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+        self._index(db, e, pos, str(e.reply_id), "assistant", e.content)
+
+    def on_ChatSession_ReplyCancelled(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+        self._index(db, e, pos, str(e.reply_id), "assistant", e.content)
+
+    def on_ChatSession_ReplyInterrupted(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+        self._index(db, e, pos, str(e.reply_id), "assistant", e.content)
+
+    def _index(self, db: sqlite3.Connection, e: Any, pos: int, message_id: str, role: str,
+               content: str) -> None:
+        session_id = str(e.originator_id)
+        live = db.execute("SELECT 1 FROM search_sessions WHERE id = ? AND deleted = 0",
+                          (session_id,)).fetchone()
+        # A reply can still end after its session was deleted: it stays out of the index.
+        if not content or live is None:
+            return
+        db.execute("INSERT INTO search_messages (position, id, session_id, role)"
+                   " VALUES (?, ?, ?, ?)", (pos, message_id, session_id, role))
+        db.execute("INSERT INTO search_text (rowid, content) VALUES (?, ?)", (pos, content))
+
+
+@dataclass(frozen=True)
+class Found:
+    message_id: str
+    session_id: str
+    session_title: str
+    role: str
+    content: str
+
+
+def terms(q: str) -> list[str]:
+    """The query's words; a query is all of them (AND), each matched as a substring."""
+    return q.split()
+
+
+def _fts_query(words: list[str]) -> str:
+    # Each word as a quoted FTS5 string, so punctuation is never query syntax.
+    return " AND ".join('"' + word.replace('"', '""') + '"' for word in words)
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+FOUND = "m.id, m.session_id, s.title, m.role, t.content"
+
+
+def _found(row: Any) -> Found:
+    return Found(message_id=row[0], session_id=row[1], session_title=row[2], role=row[3],
+                 content=row[4])
+
+
+async def keyword_search(
+    db: aiosqlite.Connection, owner_id: str, q: str, limit: int
+) -> list[Found]:
+    """The owner's messages containing every word of `q` (case-insensitive), best first.
+
+    Words of three characters or more go through the trigram index (ranked by bm25);
+    shorter ones are checked with LIKE on the rows it found. A query with only short
+    words scans the owner's own messages, newest first.
+    """
+    words = terms(q)
+    long_words = [w for w in words if len(w) >= TRIGRAM]
+    short_words = [w for w in words if len(w) < TRIGRAM]
+    if not words:
+        return []
+    likes = "".join(" AND t.content LIKE ? ESCAPE '\\'" for _ in short_words)
+    params: list[Any]
+    if long_words:
+        sql = (
+            f"SELECT {FOUND} FROM search_text t"
+            " JOIN search_messages m ON m.position = t.rowid"
+            " JOIN search_sessions s ON s.id = m.session_id"
+            f" WHERE search_text MATCH ? AND s.owner_id = ? AND s.deleted = 0{likes}"
+            " ORDER BY t.rank, m.position DESC LIMIT ?"
+        )
+        params = [_fts_query(long_words), owner_id, *map(_like, short_words), limit]
+    else:
+        # CROSS JOIN fixes the order: the owner's sessions, their messages, then each text
+        # by rowid. The LIKE never runs over anybody else's messages.
+        sql = (
+            f"SELECT {FOUND} FROM search_sessions s"
+            " CROSS JOIN search_messages m CROSS JOIN search_text t"
+            " WHERE s.owner_id = ? AND s.deleted = 0 AND m.session_id = s.id"
+            f" AND t.rowid = m.position{likes}"
+            " ORDER BY m.position DESC LIMIT ?"
+        )
+        params = [owner_id, *map(_like, short_words), limit]
+    async with db.execute(sql, params) as cursor:
+        return [_found(row) for row in await cursor.fetchall()]
+
+
+async def visible_messages(
+    db: aiosqlite.Connection, owner_id: str, message_ids: list[str]
+) -> dict[str, Found]:
+    """Those of `message_ids` that are in the owner's live sessions, by id."""
+    if not message_ids:
+        return {}
+    marks = ", ".join("?" for _ in message_ids)
+    async with db.execute(
+        f"SELECT {FOUND} FROM search_messages m"
+        " JOIN search_sessions s ON s.id = m.session_id"
+        " JOIN search_text t ON t.rowid = m.position"
+        f" WHERE m.id IN ({marks}) AND s.owner_id = ? AND s.deleted = 0",
+        [*message_ids, owner_id],
+    ) as cursor:
+        return {row[0]: _found(row) for row in await cursor.fetchall()}
