@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hmac
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
 
-from app.errors import ApiError
-from app.security import csrf_token, token_hash
+from app.security import csrf_token
 from app.services import Services
-from projections import users as users_read
-from projections.base import iso
+from app.usecases import accounts
+from app.usecases.errors import Forbidden, NotAuthenticated
 
 SESSION_COOKIE = "session"
 CSRF_HEADER = "x-csrf-token"
@@ -38,16 +36,10 @@ async def optional_user(request: Request) -> dict[str, Any] | None:
     if "user" in request.scope:
         return request.scope["user"]
     token, from_cookie = presented_token(request)
-    user = None
-    if token:
-        services = services_of(request)
-        user = await users_read.user_for_token(
-            services.read_db, token_hash(token),
-            timedelta(days=services.settings.token_ttl_days), iso(datetime.now(UTC)),
-        )
-        if user is not None:
-            user["token"] = token
-            user["via_cookie"] = from_cookie
+    user = await accounts.user_for_token(services_of(request), token) if token else None
+    if user is not None:
+        user["token"] = token
+        user["via_cookie"] = from_cookie
     request.scope["user"] = user
     return user
 
@@ -56,20 +48,20 @@ async def require_user(request: Request) -> dict[str, Any]:
     """The signed-in user; browsers must also send the CSRF token on unsafe methods."""
     user = await optional_user(request)
     if user is None:
-        raise ApiError(401, "not_authenticated", "Sign in first: send a valid bearer token.")
+        raise NotAuthenticated("Sign in first: send a valid bearer token.")
     if user["via_cookie"] and request.method not in SAFE_METHODS:
         expected = csrf_token(services_of(request).secret, user["token"])
         sent = request.headers.get(CSRF_HEADER, "")
-        if not hmac.compare_digest(sent, expected):
-            raise ApiError(403, "csrf_failed",
-                           "The CSRF token is missing or wrong; reload the page.")
+        if not hmac.compare_digest(sent.encode(), expected.encode()):
+            raise Forbidden("The CSRF token is missing or wrong; reload the page.",
+                            code="csrf_failed")
     return user
 
 
 async def require_admin(request: Request) -> dict[str, Any]:
     user = await require_user(request)
     if not user["is_admin"]:
-        raise ApiError(403, "forbidden", "Only administrators can do this.")
+        raise Forbidden("Only administrators can do this.")
     return user
 
 

@@ -1,4 +1,5 @@
-"""The API's one error shape: {"error": {"code", "message"}}, and handlers that produce it."""
+"""HTTP for errors: each use-case error's status, and the API's one error shape
+{"error": {"code", "message"}}."""
 
 from __future__ import annotations
 
@@ -8,26 +9,37 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app.usecases.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotAuthenticated,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+    UseCaseError,
+)
+
 log = logging.getLogger(__name__)
 
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
+STATUS: dict[type[UseCaseError], int] = {
+    InvalidInput: 400, NotAuthenticated: 401, Forbidden: 403, NotFound: 404, Conflict: 409,
+    TooLarge: 413, RateLimited: 429, Unavailable: 503,
+}
 
 
-def invalid(field: str, problem: str) -> ApiError:
-    return ApiError(400, "invalid_input", f"{field}: {problem}")
+def status_of(error: UseCaseError) -> int:
+    for kind in type(error).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 400
 
 
-def not_found(what: str = "resource") -> ApiError:
-    return ApiError(404, "not_found", f"The {what} does not exist.")
+def headers_of(error: UseCaseError) -> dict[str, str]:
+    if isinstance(error, RateLimited | Unavailable):
+        return {"Retry-After": str(error.retry_after)}
+    return {}
 
 
 def error_response(status: int, code: str, message: str,
@@ -41,9 +53,9 @@ HTTP_CODES = {
 }
 
 
-async def api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+async def use_case_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, UseCaseError)
+    return error_response(status_of(exc), exc.code, exc.message, headers_of(exc))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

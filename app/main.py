@@ -17,6 +17,7 @@ from app.config import Settings
 from app.pages import accounts, assets, chat
 from app.pages.errors import page_error
 from app.services import start_services, stop_services
+from app.usecases.errors import UseCaseError
 
 API_PREFIXES = ("/api/", "/healthz", "/metrics", "/v1/")
 
@@ -25,11 +26,11 @@ def is_api(request: Request) -> bool:
     return request.url.path.startswith(API_PREFIXES)
 
 
-async def on_api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, errors.ApiError)
+async def on_use_case_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, UseCaseError)
     if is_api(request):
-        return await errors.api_error(request, exc)
-    return page_error(request, exc.status, exc.message, exc.headers)
+        return await errors.use_case_error(request, exc)
+    return page_error(request, errors.status_of(exc), exc.message, errors.headers_of(exc))
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
@@ -59,7 +60,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
-            errors.ApiError: on_api_error,
+            UseCaseError: on_use_case_error,
             HTTPException: on_http_error,
             Exception: errors.server_error,
         },

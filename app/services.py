@@ -14,11 +14,12 @@ import aiosqlite
 import anyio
 
 from app.config import Settings
-from app.errors import ApiError
+from app.conversations import ConversationReader
 from app.event_log import EventLog
 from app.inference.actor import InferenceActor, Tuning
 from app.inference.llama_engine import LlamaEngine
 from app.security import LoginLimiter, load_secret
+from app.usecases.errors import Unavailable
 from app.watch import PositionWatch
 from domain.application import ChatApplication
 from domain.errors import DomainError
@@ -50,6 +51,7 @@ class Services:
     head: PositionWatch
     applied: PositionWatch
     actor: InferenceActor
+    conversations: ConversationReader
     login_limiter: LoginLimiter
     secret: bytes
     actor_task: asyncio.Task[None] | None = None
@@ -61,8 +63,7 @@ class Services:
     async def settle(self, position: int) -> None:
         """Wait until the read models include `position`, so the caller reads its own write."""
         if not await self.applied.wait_until(position, SETTLE_TIMEOUT):
-            raise ApiError(503, "read_models_behind", "The server is busy; try again.",
-                           {"Retry-After": "1"})
+            raise Unavailable("read_models_behind", "The server is busy; try again.", 1)
 
     @property
     def model_loaded(self) -> bool:
@@ -90,13 +91,15 @@ async def start_services(settings: Settings) -> Services:
     read_db = await aiosqlite.connect(settings.read_model_path)
     read_db.row_factory = aiosqlite.Row
     event_log = await EventLog.open(settings.event_store_path, chat.mapper)
-    actor = InferenceActor(chat, Tuning(
+    conversations = ConversationReader(chat, runner, settings.read_model_path, settings.n_ctx)
+    actor = InferenceActor(chat, conversations, Tuning(
         max_queue=settings.max_queue, timeout=settings.generation_timeout,
         flush_interval=settings.token_flush_interval, flush_count=settings.token_flush_count,
     ))
     services = Services(
         settings=settings, chat=chat, projections=runner, read_db=read_db,
         event_log=event_log, head=head, applied=applied, actor=actor,
+        conversations=conversations,
         login_limiter=LoginLimiter(settings.login_max_failures, settings.login_window_seconds),
         secret=load_secret(settings.secret_key, settings.data_dir),
     )
@@ -142,6 +145,7 @@ async def stop_services(services: Services) -> None:
         services.actor_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await services.actor_task
+    services.conversations.close()
     services.projections.stop()
     await services.read_db.close()
     await services.event_log.close()

@@ -5,29 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from uuid import UUID
 
-from starlette.requests import Request
-
-from app.errors import invalid
 from app.event_log import LoggedEvent
 from app.services import Services
 
 READ_BATCH = 1000
 WAIT_SECONDS = 30.0
-
-
-def resume_position(request: Request) -> int:
-    """Where a stream resumes: the Last-Event-ID header (set by EventSource on reconnect)
-    wins over `?last_event_id=` (the position a page or client started from)."""
-    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-    if raw is None or raw.strip() == "":
-        return 0
-    try:
-        position = int(raw.strip())
-    except ValueError:
-        raise invalid("last_event_id", "must be an event id from this stream.") from None
-    if not 0 <= position < 2**63:
-        raise invalid("last_event_id", "must be an event id from this stream.")
-    return position
 
 
 async def follow_session(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -24,8 +24,14 @@ from domain.users import AdminSeat, User, UsernameIndex
 HeadListener = Callable[[int], None]
 
 
+# A chat's events are replayed from its latest snapshot, so loading one after a restart
+# costs the same however long the conversation has grown.
+SNAPSHOT_INTERVAL = 100
+
+
 class ChatApplication(Application[UUID]):
     name = "Chat"
+    snapshotting_intervals: ClassVar[dict[Any, int]] = {ChatSession: SNAPSHOT_INTERVAL}
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
@@ -162,7 +168,7 @@ class ChatApplication(Application[UUID]):
         """Queues a new reply to the last user message: (message_id, reply_id, position)."""
         with self._lock:
             session = self.get_session(session_id, owner_id)
-            message_id, reply_id = session.last_user_message_id(), uuid4()
+            message_id, reply_id = session.last_user_message(), uuid4()
             session.queue_reply(reply_id, message_id, queue_position)
             return message_id, reply_id, self._save(session)
 

@@ -1,7 +1,10 @@
 """A chat session: its settings, its messages and the life of every assistant reply.
 
-All of a conversation's events live on one aggregate, so the session's stream is simply
-its own events in log order.
+All of a conversation's events live on this aggregate, so the session's stream is simply
+its own events in log order. Its state, though, is only what commands must check: the
+settings, the last user message and the replies still open. Finished turns are left to
+the read models, so loading, copying and snapshotting a chat costs the same at its 10th
+reply as at its 10,000th.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import NotFound, NothingToRegenerate, ReplyNotOpen
+from domain.errors import NothingToRegenerate, ReplyNotOpen
 
-OPEN_STATUSES = frozenset({"queued", "streaming"})
+QUEUED, STREAMING = "queued", "streaming"
 DEFAULT_TITLE = "New chat"
 AUTO_TITLE_CHARS = 60
 
@@ -36,53 +39,30 @@ class ChatSession(Aggregate):
         self.titled_by_user = bool(title)
         self.config = dict(config)
         self.deleted = False
-        # Turns in order; each is {"id", "role", "content", "status", "pieces", "tokens"}.
-        self.turns: list[dict[str, Any]] = []
+        self.last_user_message_id: UUID | None = None
+        # Replies still queued or streaming, by str(reply_id) (snapshots need text keys):
+        # {"status", "content", "pieces", "tokens"}. A reply leaves this map when it ends.
+        self.open: dict[str, dict[str, Any]] = {}
 
     # -- queries -----------------------------------------------------------------------
 
     def is_visible_to(self, user_id: UUID) -> bool:
         return not self.deleted and self.owner_id == user_id
 
-    def turn(self, turn_id: UUID) -> dict[str, Any]:
-        for turn in self.turns:
-            if turn["id"] == turn_id:
-                return turn
-        raise NotFound(f"no message {turn_id}")
-
     def open_replies(self) -> list[UUID]:
-        return [t["id"] for t in self.turns if t["status"] in OPEN_STATUSES]
+        return [UUID(reply_id) for reply_id in self.open]
 
-    def history_before(self, reply_id: UUID) -> list[dict[str, Any]]:
-        """The conversation a reply answers: every user message before it, each followed by
-        its latest completed answer. Earlier answers to the message this reply answers are
-        left out: a regenerated reply replaces them rather than following them."""
-        reply = self.turn(reply_id)
-        before = self.turns[: self.turns.index(reply)]
-        latest: dict[Any, UUID] = {}
-        for turn in before:
-            answered = turn.get("in_reply_to")
-            if (turn["role"] == "assistant" and turn["status"] == "complete"
-                    and turn["content"] and answered != reply.get("in_reply_to")):
-                latest[answered] = turn["id"]
-        chosen = set(latest.values())
-        return [
-            {"role": turn["role"], "content": turn["content"]}
-            for turn in before
-            if turn["role"] == "user" or turn["id"] in chosen
-        ]
+    def open_reply(self, reply_id: UUID) -> dict[str, Any]:
+        """An open reply's state; ReplyNotOpen if it ended or never existed here."""
+        reply = self.open.get(str(reply_id))
+        if reply is None:
+            raise ReplyNotOpen(f"reply {reply_id} is not open")
+        return reply
 
-    def last_user_message_id(self) -> UUID:
-        for turn in reversed(self.turns):
-            if turn["role"] == "user":
-                return turn["id"]
-        raise NothingToRegenerate("this session has no user message to answer")
-
-    def _open_reply(self, reply_id: UUID) -> dict[str, Any]:
-        turn = self.turn(reply_id)
-        if turn["role"] != "assistant" or turn["status"] not in OPEN_STATUSES:
-            raise ReplyNotOpen(f"reply {reply_id} is {turn['status']}")
-        return turn
+    def last_user_message(self) -> UUID:
+        if self.last_user_message_id is None:
+            raise NothingToRegenerate("this session has no user message to answer")
+        return self.last_user_message_id
 
     # -- settings ----------------------------------------------------------------------
 
@@ -111,48 +91,42 @@ class ChatSession(Aggregate):
     # -- messages and replies ----------------------------------------------------------
 
     def post_user_message(self, message_id: UUID, content: str) -> None:
-        if not self.titled_by_user and not any(t["role"] == "user" for t in self.turns):
+        if not self.titled_by_user and self.last_user_message_id is None:
             self._rename(title=auto_title(content), by_user=False)
         self._post_user_message(message_id=message_id, content=content)
 
     @event("UserMessagePosted")
     def _post_user_message(self, message_id: UUID, content: str) -> None:
-        self.turns.append(
-            {"id": message_id, "role": "user", "content": content, "status": "complete",
-             "pieces": 0, "tokens": 0}
-        )
+        self.last_user_message_id = message_id
 
     @event("ReplyQueued")
     def queue_reply(self, reply_id: UUID, in_reply_to: UUID, queue_position: int) -> None:
-        self.turns.append(
-            {"id": reply_id, "role": "assistant", "content": "", "status": "queued",
-             "pieces": 0, "tokens": 0, "in_reply_to": in_reply_to}
-        )
+        self.open[str(reply_id)] = {"status": QUEUED, "content": "", "pieces": 0, "tokens": 0}
 
     def start_reply(self, reply_id: UUID, prompt_tokens: int, dropped_turns: int) -> None:
-        self._open_reply(reply_id)
+        self.open_reply(reply_id)
         self._start_reply(reply_id=reply_id, prompt_tokens=prompt_tokens,
                           dropped_turns=dropped_turns)
 
     @event("ReplyStarted")
     def _start_reply(self, reply_id: UUID, prompt_tokens: int, dropped_turns: int) -> None:
-        self.turn(reply_id)["status"] = "streaming"
+        self.open[str(reply_id)]["status"] = STREAMING
 
     def add_tokens(self, reply_id: UUID, text: str, token_count: int) -> None:
-        turn = self._open_reply(reply_id)
-        self._add_tokens(reply_id=reply_id, index=turn["pieces"], text=text,
+        reply = self.open_reply(reply_id)
+        self._add_tokens(reply_id=reply_id, index=reply["pieces"], text=text,
                          token_count=token_count)
 
     @event("TokensGenerated")
     def _add_tokens(self, reply_id: UUID, index: int, text: str, token_count: int) -> None:
-        turn = self.turn(reply_id)
-        turn["content"] += text
-        turn["pieces"] = index + 1
-        turn["tokens"] += token_count
+        reply = self.open[str(reply_id)]
+        reply["content"] += text
+        reply["pieces"] = index + 1
+        reply["tokens"] += token_count
 
     def complete_reply(self, reply_id: UUID, **outcome: Any) -> None:
-        turn = self._open_reply(reply_id)
-        self._complete_reply(reply_id=reply_id, content=turn["content"], **outcome)
+        reply = self.open_reply(reply_id)
+        self._complete_reply(reply_id=reply_id, content=reply["content"], **outcome)
 
     @event("ReplyCompleted")
     def _complete_reply(
@@ -167,28 +141,28 @@ class ChatSession(Aggregate):
         prompt_template: str,
         finish_reason: str,
     ) -> None:
-        self.turn(reply_id)["status"] = "complete"
+        self.open.pop(str(reply_id), None)
 
     def fail_reply(self, reply_id: UUID, code: str, message: str) -> None:
-        self._open_reply(reply_id)
+        self.open_reply(reply_id)
         self._fail_reply(reply_id=reply_id, code=code, message=message)
 
     @event("ReplyFailed")
     def _fail_reply(self, reply_id: UUID, code: str, message: str) -> None:
-        self.turn(reply_id)["status"] = "failed"
+        self.open.pop(str(reply_id), None)
 
     def cancel_reply(self, reply_id: UUID) -> None:
-        turn = self._open_reply(reply_id)
-        self._cancel_reply(reply_id=reply_id, content=turn["content"])
+        reply = self.open_reply(reply_id)
+        self._cancel_reply(reply_id=reply_id, content=reply["content"])
 
     @event("ReplyCancelled")
     def _cancel_reply(self, reply_id: UUID, content: str) -> None:
-        self.turn(reply_id)["status"] = "cancelled"
+        self.open.pop(str(reply_id), None)
 
     def interrupt_reply(self, reply_id: UUID) -> None:
-        turn = self._open_reply(reply_id)
-        self._interrupt_reply(reply_id=reply_id, content=turn["content"])
+        reply = self.open_reply(reply_id)
+        self._interrupt_reply(reply_id=reply_id, content=reply["content"])
 
     @event("ReplyInterrupted")
     def _interrupt_reply(self, reply_id: UUID, content: str) -> None:
-        self.turn(reply_id)["status"] = "interrupted"
+        self.open.pop(str(reply_id), None)

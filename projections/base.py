@@ -26,9 +26,15 @@ class Projection:
     name: ClassVar[str]
     schema: ClassVar[str]
     tables: ClassVar[tuple[str, ...]]
+    # Raise when the tables change shape: the runner then drops them and replays the log.
+    version: ClassVar[int] = 1
 
     def create(self, db: sqlite3.Connection) -> None:
         db.executescript(self.schema)
+
+    def drop(self, db: sqlite3.Connection) -> None:
+        for table in self.tables:
+            db.execute(f"DROP TABLE IF EXISTS {table}")
 
     def clear(self, db: sqlite3.Connection) -> None:
         for table in self.tables:

@@ -15,6 +15,7 @@ from projections.base import ISO_FORMAT, Projection, iso
 class MessagesProjection(Projection):
     name = "messages"
     tables = ("messages",)
+    version = 2  # 2: in_reply_to
     schema = """
     CREATE TABLE IF NOT EXISTS messages (
         id TEXT PRIMARY KEY,
@@ -28,7 +29,8 @@ class MessagesProjection(Projection):
         processing_time REAL,
         metadata TEXT NOT NULL DEFAULT '{}',
         queue_position INTEGER,
-        started_at TEXT
+        started_at TEXT,
+        in_reply_to TEXT
     );
     CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, position);
     CREATE INDEX IF NOT EXISTS messages_by_status ON messages (status);
@@ -44,8 +46,10 @@ class MessagesProjection(Projection):
     def on_ChatSession_ReplyQueued(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
         db.execute(
             "INSERT INTO messages (id, session_id, position, role, content, timestamp, status,"
-            " token_count, queue_position) VALUES (?, ?, ?, 'assistant', '', ?, 'queued', 0, ?)",
-            (str(e.reply_id), str(e.originator_id), pos, iso(e.timestamp), e.queue_position),
+            " token_count, queue_position, in_reply_to)"
+            " VALUES (?, ?, ?, 'assistant', '', ?, 'queued', 0, ?, ?)",
+            (str(e.reply_id), str(e.originator_id), pos, iso(e.timestamp), e.queue_position,
+             str(e.in_reply_to)),
         )
 
     def on_ChatSession_ReplyStarted(self, db: sqlite3.Connection, e: Any, _: int) -> None:
@@ -136,6 +140,44 @@ async def get_message(db: aiosqlite.Connection, message_id: str) -> dict[str, An
                           (message_id,)) as cursor:
         row = await cursor.fetchone()
     return message_view(row) if row else None
+
+
+def history_before(
+    db: sqlite3.Connection, session_id: str, reply_id: str, max_chars: int
+) -> list[tuple[str, str, str]]:
+    """The conversation a reply answers, oldest first: (message_id, role, content).
+
+    Every user message before the reply, each followed by its latest completed answer;
+    earlier answers to the message this reply answers are left out (a regenerated reply
+    replaces them rather than following them). Read newest first and cut once `max_chars`
+    are gathered, so a long chat costs no more than the model's context can take.
+    """
+    found = db.execute(
+        "SELECT position, in_reply_to FROM messages WHERE id = ? AND session_id = ?",
+        (reply_id, session_id),
+    ).fetchone()
+    if found is None:
+        raise LookupError(f"no reply {reply_id} in session {session_id}")
+    position, answering = found
+    turns: list[tuple[str, str, str]] = []
+    answered: set[str] = set()
+    chars = 0
+    for message_id, role, content, status, in_reply_to in db.execute(
+        "SELECT id, role, content, status, in_reply_to FROM messages"
+        " WHERE session_id = ? AND position < ? ORDER BY position DESC",
+        (session_id, position),
+    ):
+        if role == "assistant":
+            if (status != "complete" or not content or in_reply_to == answering
+                    or in_reply_to in answered):
+                continue
+            answered.add(in_reply_to)
+        turns.append((message_id, role, content))
+        chars += len(content)
+        if chars >= max_chars:
+            break
+    turns.reverse()
+    return turns
 
 
 async def open_replies(db: aiosqlite.Connection) -> list[tuple[str, str]]:

@@ -48,17 +48,19 @@ class ProjectionRunner:
         projections: Sequence[Projection] | None = None,
     ) -> None:
         self._application = application
+        self.path = path
         self._projections = {p.name: p for p in (projections or all_projections())}
         self._db = connect(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS projection_positions"
             " (name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS projection_versions"
+            " (name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
         for projection in self._projections.values():
-            projection.create(self._db)
-            self._db.execute(
-                "INSERT OR IGNORE INTO projection_positions VALUES (?, 0)", (projection.name,)
-            )
+            self._prepare(projection)
         # Positions for callers on other threads (the admin API on the event loop): a
         # connection of its own sees committed positions without waiting for a catch-up.
         self._reader = connect(path)
@@ -70,6 +72,31 @@ class ProjectionRunner:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[int], None]] = []
+        self._applied = 0
+        self._applied_changed = threading.Condition()
+
+    def _prepare(self, projection: Projection) -> None:
+        """Create the projection's tables; tables of an older shape are dropped and replayed.
+
+        Each step is idempotent (executescript commits on its own), so a crash part-way
+        through simply repeats the preparation at the next start."""
+        row = self._db.execute("SELECT version FROM projection_versions WHERE name = ?",
+                               (projection.name,)).fetchone()
+        existed = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
+                                   (projection.tables[0],)).fetchone() is not None
+        # Tables from before versions were recorded are version 1.
+        stored = row[0] if row else (1 if existed else projection.version)
+        if stored != projection.version:
+            log.info("projection %s changed shape (v%d -> v%d); replaying the log",
+                     projection.name, stored, projection.version)
+            projection.drop(self._db)
+            self._db.execute("DELETE FROM projection_positions WHERE name = ?",
+                             (projection.name,))
+        projection.create(self._db)
+        self._db.execute("INSERT OR IGNORE INTO projection_positions VALUES (?, 0)",
+                         (projection.name,))
+        self._db.execute("INSERT OR REPLACE INTO projection_versions VALUES (?, ?)",
+                         (projection.name, projection.version))
 
     @property
     def names(self) -> list[str]:
@@ -127,9 +154,20 @@ class ProjectionRunner:
             while self._apply_batch() == BATCH_SIZE:
                 pass
             low = min(self._positions_locked().values())
+        with self._applied_changed:
+            self._applied = max(self._applied, low)
+            self._applied_changed.notify_all()
         for listener in self._listeners:
             listener(low)
         return low
+
+    def wait_for(self, position: int, timeout: float) -> bool:
+        """Block until every projection has applied `position`; False on timeout.
+
+        For threads (the inference actor) that must read what was just written."""
+        self.wake()
+        with self._applied_changed:
+            return self._applied_changed.wait_for(lambda: self._applied >= position, timeout)
 
     # -- applying (callers hold self._lock) --------------------------------------------
 

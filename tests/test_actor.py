@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,12 @@ from uuid import UUID, uuid4
 import pytest
 
 from app.config import Settings
+from app.conversations import ConversationReader
 from app.inference.actor import InferenceActor, Tuning
 from app.inference.engine import Finished, PreparedPrompt, SamplingParams, Token, Turn
 from app.inference.llama_engine import LlamaEngine
 from domain.application import ChatApplication
+from projections.runner import ProjectionRunner
 
 CONFIG = {"system_prompt": "You are a helpful assistant.", "temperature": 0.0, "top_p": 0.95,
           "max_tokens": 32, "model": "test"}
@@ -26,6 +29,9 @@ def engine() -> LlamaEngine:
     return LlamaEngine(settings.model_path, n_ctx=1024, n_threads=2, n_gpu_layers=0)
 
 
+Job = tuple[UUID, UUID, int]  # session, reply, position of its queueing
+
+
 @pytest.fixture
 def chat(tmp_path: Path) -> Iterator[ChatApplication]:
     app = ChatApplication(env={"PERSISTENCE_MODULE": "eventsourcing.sqlite",
@@ -34,23 +40,35 @@ def chat(tmp_path: Path) -> Iterator[ChatApplication]:
     app.close()
 
 
-def make_actor(chat: ChatApplication, engine: Any, timeout: float = 60) -> InferenceActor:
-    actor = InferenceActor(chat, Tuning(max_queue=4, timeout=timeout, flush_interval=0.05,
-                                        flush_count=8))
+@pytest.fixture
+def runner(chat: ChatApplication, tmp_path: Path) -> Iterator[ProjectionRunner]:
+    """The read models the actor reads its conversations from, following the log."""
+    runner = ProjectionRunner(chat, tmp_path / "readmodels.sqlite")
+    chat.add_head_listener(runner.wake)
+    runner.start()
+    yield runner
+    runner.stop()
+
+
+def make_actor(chat: ChatApplication, runner: ProjectionRunner, engine: Any,
+               timeout: float = 60) -> InferenceActor:
+    reader = ConversationReader(chat, runner, runner.path, n_ctx=1024)
+    actor = InferenceActor(chat, reader, Tuning(max_queue=4, timeout=timeout,
+                                                flush_interval=0.05, flush_count=8))
     actor.engine = engine
     return actor
 
 
-def queue(chat: ChatApplication, content: str, **config: Any) -> tuple[UUID, UUID]:
+def queue(chat: ChatApplication, content: str, **config: Any) -> Job:
     owner = uuid4()
     session_id, _ = chat.start_session(owner, "t", {**CONFIG, **config})
-    _, reply_id, _ = chat.post_message(session_id, owner, content, 1)
-    return session_id, reply_id
+    _, reply_id, position = chat.post_message(session_id, owner, content, 1)
+    return session_id, reply_id, position
 
 
-async def run_until_idle(actor: InferenceActor, jobs: list[tuple[UUID, UUID]]) -> None:
-    for session_id, reply_id in jobs:
-        actor.enqueue(session_id, reply_id)
+async def run_until_idle(actor: InferenceActor, jobs: list[Job]) -> None:
+    for session_id, reply_id, position in jobs:
+        actor.enqueue(session_id, reply_id, position)
     task = asyncio.create_task(actor.run())
     try:
         for _ in range(1200):
@@ -62,8 +80,17 @@ async def run_until_idle(actor: InferenceActor, jobs: list[tuple[UUID, UUID]]) -
         task.cancel()
 
 
-def reply_of(chat: ChatApplication, session_id: UUID, reply_id: UUID) -> dict[str, Any]:
-    return dict(chat.get_session(session_id).turn(reply_id))
+def reply_of(runner: ProjectionRunner, _session_id: UUID, reply_id: UUID,
+             _position: int = 0) -> dict[str, Any]:
+    runner.catch_up()
+    db = sqlite3.connect(runner.path)
+    db.row_factory = sqlite3.Row
+    try:
+        row = db.execute("SELECT status, content FROM messages WHERE id = ?",
+                         (str(reply_id),)).fetchone()
+    finally:
+        db.close()
+    return dict(row)
 
 
 def events_of(chat: ChatApplication, session_id: UUID) -> list[Any]:
@@ -71,10 +98,12 @@ def events_of(chat: ChatApplication, session_id: UUID) -> list[Any]:
     return [chat.mapper.to_domain_event(s) for s in stored]
 
 
-def test_generates_and_records_completion(chat: ChatApplication, engine: LlamaEngine) -> None:
+def test_generates_and_records_completion(
+    chat: ChatApplication, runner: ProjectionRunner, engine: LlamaEngine
+) -> None:
     job = queue(chat, "Say hello.")
-    asyncio.run(run_until_idle(make_actor(chat, engine), [job]))
-    reply = reply_of(chat, *job)
+    asyncio.run(run_until_idle(make_actor(chat, runner, engine), [job]))
+    reply = reply_of(runner, *job)
     assert reply["status"] == "complete" and reply["content"]
     completed = events_of(chat, job[0])[-1]
     assert type(completed).__name__ == "ReplyCompleted"
@@ -88,35 +117,40 @@ def test_generates_and_records_completion(chat: ChatApplication, engine: LlamaEn
     assert sum(p.token_count for p in pieces) <= completed.token_count
 
 
-def test_too_long_for_the_context_fails_clearly(chat: ChatApplication,
+def test_too_long_for_the_context_fails_clearly(chat: ChatApplication, runner: ProjectionRunner,
                                                 engine: LlamaEngine) -> None:
     job = queue(chat, "word " * 3000)
-    asyncio.run(run_until_idle(make_actor(chat, engine), [job]))
+    asyncio.run(run_until_idle(make_actor(chat, runner, engine), [job]))
     failed = events_of(chat, job[0])[-1]
     assert type(failed).__name__ == "ReplyFailed" and failed.code == "context_too_long"
     assert "1024" in failed.message
 
 
-def test_old_turns_are_dropped_to_fit(chat: ChatApplication, engine: LlamaEngine) -> None:
+def test_old_turns_are_dropped_to_fit(
+    chat: ChatApplication, runner: ProjectionRunner, engine: LlamaEngine
+) -> None:
     owner = uuid4()
     session_id, _ = chat.start_session(owner, "t", {**CONFIG, "max_tokens": 16})
     for n in range(4):
         _, reply_id, _ = chat.post_message(session_id, owner, f"turn {n}: " + "long " * 300, 1)
         chat.change_reply(session_id, lambda s, r=reply_id: s.cancel_reply(r))
-    _, reply_id, _ = chat.post_message(session_id, owner, "And now, a short answer?", 1)
-    asyncio.run(run_until_idle(make_actor(chat, engine), [(session_id, reply_id)]))
+    _, reply_id, position = chat.post_message(session_id, owner, "And now, a short answer?", 1)
+    asyncio.run(run_until_idle(make_actor(chat, runner, engine),
+                               [(session_id, reply_id, position)]))
     started = next(e for e in events_of(chat, session_id)
                    if type(e).__name__ == "ReplyStarted" and e.reply_id == reply_id)
     assert started.dropped_turns >= 1 and started.prompt_tokens + 16 <= 1024
-    assert reply_of(chat, session_id, reply_id)["status"] == "complete"
+    assert reply_of(runner, session_id, reply_id)["status"] == "complete"
 
 
-def test_timeout_fails_and_keeps_the_text(chat: ChatApplication, engine: LlamaEngine) -> None:
+def test_timeout_fails_and_keeps_the_text(
+    chat: ChatApplication, runner: ProjectionRunner, engine: LlamaEngine
+) -> None:
     job = queue(chat, "Write a long story about the sea.", max_tokens=500, temperature=0.9)
-    asyncio.run(run_until_idle(make_actor(chat, engine, timeout=0.3), [job]))
+    asyncio.run(run_until_idle(make_actor(chat, runner, engine, timeout=0.3), [job]))
     failed = events_of(chat, job[0])[-1]
     assert type(failed).__name__ == "ReplyFailed" and failed.code == "timeout"
-    assert reply_of(chat, *job)["content"], "the text written before the timeout stays"
+    assert reply_of(runner, *job)["content"], "the text written before the timeout stays"
 
 
 class BrokenEngine:
@@ -136,17 +170,17 @@ class BrokenEngine:
 
 
 def test_a_model_error_fails_the_reply_and_the_actor_goes_on(
-    chat: ChatApplication, engine: LlamaEngine
+    chat: ChatApplication, runner: ProjectionRunner, engine: LlamaEngine
 ) -> None:
-    actor = make_actor(chat, BrokenEngine(engine))
+    actor = make_actor(chat, runner, BrokenEngine(engine))
     broken = queue(chat, "Hello?")
     asyncio.run(run_until_idle(actor, [broken]))
     failed = events_of(chat, broken[0])[-1]
     assert type(failed).__name__ == "ReplyFailed" and failed.code == "generation_failed"
     assert "GPU fell off the bus" in failed.message
-    assert reply_of(chat, *broken)["content"] == "partial "
+    assert reply_of(runner, *broken)["content"] == "partial "
 
     actor.engine = engine
     working = queue(chat, "Hello again?")
     asyncio.run(run_until_idle(actor, [working]))
-    assert reply_of(chat, *working)["status"] == "complete"
+    assert reply_of(runner, *working)["status"] == "complete"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 import pytest
 
-from domain.application import ChatApplication
+from domain.application import SNAPSHOT_INTERVAL, ChatApplication
 from domain.errors import NotFound, NothingToRegenerate, ReplyNotOpen, UsernameTaken
 from domain.sessions import AUTO_TITLE_CHARS, ChatSession, auto_title
 from domain.users import AdminSeat, User, UsernameIndex
@@ -166,7 +167,8 @@ def test_start_session_defaults_the_title_and_keeps_the_config(chat: ChatApplica
     session = chat.get_session(session_id, user.id)
     assert session.title == "New chat" and session.titled_by_user is False
     assert session.config == CONFIG and session.config is not CONFIG
-    assert session.owner_id == user.id and session.turns == [] and session.deleted is False
+    assert session.owner_id == user.id and session.deleted is False
+    assert session.open == {} and session.last_user_message_id is None
 
     named_id, _ = chat.start_session(user.id, "계획", CONFIG)
     named = chat.get_session(named_id, user.id)
@@ -235,9 +237,9 @@ def test_post_message_records_the_message_and_queues_a_reply(chat: ChatApplicati
     assert (queued.reply_id, queued.in_reply_to, queued.queue_position) == (
         reply_id, message_id, 3)
     session = chat.get_session(session_id, user.id)
-    assert [(t["id"], t["role"], t["content"], t["status"]) for t in session.turns] == [
-        (message_id, "user", "안녕하세요", "complete"), (reply_id, "assistant", "", "queued")]
+    assert session.last_user_message_id == message_id
     assert session.open_replies() == [reply_id]
+    assert session.open_reply(reply_id)["status"] == "queued"
     assert session.title == "Chosen"  # a title the user chose is never replaced
 
 
@@ -284,7 +286,7 @@ def test_reply_life_cycle_numbers_pieces_per_reply(chat: ChatApplication) -> Non
     head = chat.head()
 
     chat.change_reply(session_id, lambda s: s.start_reply(first, 12, 0))
-    assert chat.get_session(session_id).turn(first)["status"] == "streaming"
+    assert chat.get_session(session_id).open_reply(first)["status"] == "streaming"
     for piece in ("Hel", "lo", " 세계"):
         chat.change_reply(session_id, lambda s, p=piece: s.add_tokens(first, p, 2))
     chat.change_reply(session_id, lambda s: s.complete_reply(first, **OUTCOME))
@@ -307,10 +309,11 @@ def test_reply_life_cycle_numbers_pieces_per_reply(chat: ChatApplication) -> Non
     assert {k: getattr(completed, k) for k in OUTCOME} == OUTCOME
 
     session = chat.get_session(session_id)
-    turn = session.turn(first)
-    assert (turn["status"], turn["content"], turn["pieces"], turn["tokens"]) == (
-        "complete", "Hello 세계", 3, 6)
+    # A finished reply leaves the aggregate's state; the read models keep it.
     assert session.open_replies() == [second]
+    reply = session.open_reply(second)
+    assert (reply["status"], reply["content"], reply["pieces"], reply["tokens"]) == (
+        "streaming", "Bye!", 2, 2)
 
 
 ENDINGS: dict[str, Callable[[ChatSession, UUID], None]] = {
@@ -342,7 +345,6 @@ def test_a_closed_reply_refuses_tokens_and_a_second_ending(
     else:
         assert (ended.code, ended.message) == ("generation_failed", "boom")
     session = chat.get_session(session_id)
-    assert session.turn(reply_id)["status"] == STATUS[ending]
     assert session.open_replies() == []
     version = session.version
 
@@ -356,7 +358,7 @@ def test_a_closed_reply_refuses_tokens_and_a_second_ending(
                     session_id, lambda s: second(s, reply_id)))
     # A refused command leaves the stored aggregate as it was.
     again = chat.get_session(session_id)
-    assert again.version == version and again.turn(reply_id)["content"] == "partial "
+    assert again.version == version and again.open == {}
 
 
 def test_a_queued_reply_can_be_cancelled_before_it_starts(chat: ChatApplication) -> None:
@@ -375,7 +377,7 @@ def test_only_assistant_replies_take_tokens(chat: ChatApplication) -> None:
     message_id, _, _ = chat.post_message(session_id, user.id, "hello", 1)
     refused(chat, ReplyNotOpen,
             lambda: chat.change_reply(session_id, lambda s: s.add_tokens(message_id, "x", 1)))
-    refused(chat, NotFound,
+    refused(chat, ReplyNotOpen,
             lambda: chat.change_reply(session_id, lambda s: s.add_tokens(uuid4(), "x", 1)))
     refused(chat, NotFound,
             lambda: chat.change_reply(uuid4(), lambda s: s.cancel_reply(message_id)))
@@ -398,32 +400,6 @@ def test_regenerate_needs_a_user_message(chat: ChatApplication) -> None:
         second, message_id, 4)
     session = chat.get_session(session_id)
     assert session.open_replies() == [second]
-    # The new reply answers the user message afresh: the answer it replaces is not in its
-    # prompt (otherwise the model would see the question already answered).
-    assert session.history_before(second) == [{"role": "user", "content": "Tell me a joke"}]
-    assert session.history_before(first) == [{"role": "user", "content": "Tell me a joke"}]
-
-
-def test_history_keeps_the_latest_answer_to_each_earlier_message(chat: ChatApplication) -> None:
-    user, session_id = user_and_session(chat)
-
-    def answer(reply_id: UUID, text: str) -> None:
-        chat.change_reply(session_id, lambda s: s.start_reply(reply_id, 1, 0))
-        chat.change_reply(session_id, lambda s: s.add_tokens(reply_id, text, 1))
-        chat.change_reply(session_id, lambda s: s.complete_reply(reply_id, **OUTCOME))
-
-    _, a1, _ = chat.post_message(session_id, user.id, "Q1", 1)
-    answer(a1, "A1 old")
-    _, a1b, _ = chat.regenerate(session_id, user.id, 1)
-    answer(a1b, "A1 new")
-    _, a2, _ = chat.post_message(session_id, user.id, "Q2", 1)
-    chat.change_reply(session_id, lambda s: s.fail_reply(a2, "timeout", "slow"))
-    _, a3, _ = chat.post_message(session_id, user.id, "Q3", 1)
-    assert chat.get_session(session_id).history_before(a3) == [
-        {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1 new"},
-        {"role": "user", "content": "Q2"}, {"role": "user", "content": "Q3"}]
-    with pytest.raises(NotFound):
-        chat.get_session(session_id).history_before(uuid4())
 
 
 def test_every_command_returns_the_position_it_recorded(chat: ChatApplication) -> None:
@@ -461,11 +437,57 @@ def test_state_survives_reopening_the_store(tmp_path: Path) -> None:
         assert second.head() == head
         session = second.get_session(session_id, user.id)
         assert session.title == "지속성"
-        assert session.turn(reply_id)["content"] == "네"
-        assert session.turn(reply_id)["pieces"] == 1
+        assert session.open_reply(reply_id)["content"] == "네"
+        assert session.open_reply(reply_id)["pieces"] == 1
         refused(second, UsernameTaken,
                 lambda: second.register_user(second.get_user(user.id).username.upper(),
                                              "x@example.com", "h"))
         assert second.register_user("later", "l@example.com", "h").is_admin is False
+    finally:
+        second.close()
+
+
+# -- a chat's cost does not grow with its history ------------------------------------------
+
+
+def answer_many(chat: ChatApplication, turns: int) -> tuple[Any, UUID]:
+    user, session_id = user_and_session(chat)
+    for n in range(turns):
+        _, reply_id, _ = chat.post_message(session_id, user.id, f"질문 {n} " * 20, 1)
+        chat.change_reply(session_id, lambda s, r=reply_id: s.start_reply(r, 1, 0))
+        chat.change_reply(session_id, lambda s, r=reply_id: s.add_tokens(r, "답변 " * 50, 50))
+        chat.change_reply(session_id, lambda s, r=reply_id: s.complete_reply(r, **OUTCOME))
+    return user, session_id
+
+
+def test_the_aggregate_state_stays_the_same_size_as_the_chat_grows(
+    chat: ChatApplication,
+) -> None:
+    _, short = answer_many(chat, 3)
+    _, long = answer_many(chat, 60)
+    sizes = [len(pickle.dumps(chat.get_session(s).__dict__)) for s in (short, long)]
+    # Equal up to the different counters and ids: no finished turn is held.
+    assert abs(sizes[0] - sizes[1]) < 64, sizes
+
+
+def test_a_long_chat_loads_from_a_snapshot_after_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    first = make_app(path)
+    user, session_id = answer_many(first, 60)  # 5 events a turn: 300+ events
+    version = first.get_session(session_id).version
+    first.close()
+
+    second = make_app(path)
+    try:
+        assert second.snapshots is not None
+        [snapshot] = list(second.snapshots.get(session_id, desc=True, limit=1))
+        assert version - snapshot.originator_version < SNAPSHOT_INTERVAL
+        replayed = list(second.events.get(session_id, gt=snapshot.originator_version))
+        assert len(replayed) == version - snapshot.originator_version
+        session = second.get_session(session_id, user.id)
+        assert session.version == version and session.open == {}
+        # Commands still work on the loaded state.
+        _, reply_id, _ = second.post_message(session_id, user.id, "계속", 1)
+        assert second.get_session(session_id).open_replies() == [reply_id]
     finally:
         second.close()

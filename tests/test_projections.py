@@ -331,3 +331,70 @@ def test_positions_answer_at_once_during_a_catch_up(chat: ChatApplication,
             {name: committed for name in runner.names}]
     finally:
         runner.stop()
+
+
+# -- the conversation a reply answers (read by the inference actor) ------------------------
+
+
+def test_history_keeps_the_latest_answer_to_each_earlier_message(
+    chat: ChatApplication, tmp_path: Path
+) -> None:
+    from projections import messages as messages_read
+
+    user = chat.register_user("historian", "h@example.com", "hash")
+    session_id, _ = chat.start_session(user.id, "", CONFIG)
+    _, a1, _ = chat.post_message(session_id, user.id, "질문 하나", 1)
+    finish(chat, session_id, a1, ["A1 old"])
+    _, a1b, _ = chat.regenerate(session_id, user.id, 1)
+    finish(chat, session_id, a1b, ["A1 ", "new"])
+    _, a2, _ = chat.post_message(session_id, user.id, "Q2", 1)
+    finish(chat, session_id, a2, ["half"], ending="fail")
+    _, a3, _ = chat.post_message(session_id, user.id, "Q3", 1)
+    _, a3b, _ = chat.regenerate(session_id, user.id, 1)
+
+    runner = ProjectionRunner(chat, tmp_path / "read.sqlite")
+    runner.catch_up()
+    db = runner_module.connect(tmp_path / "read.sqlite")
+    try:
+        def history(reply_id: UUID, max_chars: int = 10_000) -> list[tuple[str, str]]:
+            turns = messages_read.history_before(db, str(session_id), str(reply_id), max_chars)
+            return [(role, content) for _id, role, content in turns]
+
+        assert history(a3) == [("user", "질문 하나"), ("assistant", "A1 new"), ("user", "Q2"),
+                               ("user", "Q3")]
+        # A regenerated reply answers its message afresh: the answer it replaces is not in
+        # its prompt (otherwise the model would see the question already answered).
+        assert history(a1b) == [("user", "질문 하나")]
+        assert history(a1) == [("user", "질문 하나")]
+        assert history(a3b) == history(a3)
+        # Only the newest turns are read once enough text is gathered.
+        assert history(a3, max_chars=4) == [("user", "Q2"), ("user", "Q3")]
+        with pytest.raises(LookupError):
+            messages_read.history_before(db, str(session_id), str(user.id), 100)
+    finally:
+        db.close()
+        runner.stop()
+
+
+def test_a_projection_of_an_older_shape_is_dropped_and_replayed(
+    chat: ChatApplication, tmp_path: Path
+) -> None:
+    populate(chat)
+    path = tmp_path / "read.sqlite"
+    runner = ProjectionRunner(chat, path)
+    runner.catch_up()
+    runner.stop()
+    expected = dump(path)
+    # Make the messages table look like a read model written by version 1.
+    db = sqlite3.connect(path)
+    db.execute("UPDATE projection_versions SET version = 1 WHERE name = 'messages'")
+    db.execute("DROP TABLE messages")
+    db.execute("CREATE TABLE messages (id TEXT PRIMARY KEY, stale INTEGER)")
+    db.commit()
+    db.close()
+
+    runner = ProjectionRunner(chat, path)
+    assert runner.positions()["messages"] == 0
+    runner.catch_up()
+    runner.stop()
+    assert dump(path) == expected

@@ -10,10 +10,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import validation as v
 from app.auth import require_admin, services_of
-from app.errors import invalid, not_found
 from app.event_log import LoggedEvent
+from app.http_input import query_int
+from app.usecases.errors import InvalidInput, NotFound
 from projections import messages as messages_read
 from projections import sessions as sessions_read
 from projections import users as users_read
@@ -56,18 +56,18 @@ def event_view(logged: LoggedEvent) -> dict[str, Any]:
 async def events(request: Request) -> Response:
     await require_admin(request)
     services = services_of(request)
-    after = v.query_int(request, "after", 0, 0, 2**62)
-    limit = v.query_int(request, "limit", 100, 1, 1000)
+    after = query_int(request, "after", 0, 0, 2**62)
+    limit = query_int(request, "limit", 100, 1, 1000)
     type_name = request.query_params.get("type") or None
     if type_name is not None and not type_name.replace(".", "").replace("_", "").isalnum():
-        raise invalid("type", "must be an event type such as ChatSession.ReplyCompleted.")
+        raise InvalidInput("type", "must be an event type such as ChatSession.ReplyCompleted.")
     originator = request.query_params.get("originator_id") or None
     originator_id = None
     if originator is not None:
         try:
             originator_id = UUID(originator)
         except ValueError:
-            raise invalid("originator_id", "must be a UUID.") from None
+            raise InvalidInput("originator_id", "must be a UUID.") from None
     logged = await services.event_log.select(after, limit, type_name, originator_id)
     next_after = logged[-1].position if logged else after
     return JSONResponse({"events": [event_view(item) for item in logged],
@@ -106,7 +106,7 @@ async def rebuild(request: Request) -> Response:
     services = services_of(request)
     name = request.path_params["name"]
     if name not in services.projections.names:
-        raise not_found("projection")
+        raise NotFound("projection")
     services.projections.request_rebuild(name)
     return JSONResponse({"name": name, "status": "rebuilding"}, 202)
 

@@ -1,9 +1,8 @@
-"""Messages of a session: list, post, cancel, regenerate, and the live SSE stream."""
+"""Messages of a session over JSON: list, post, cancel, regenerate, and the SSE stream."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from functools import partial
 from uuid import UUID
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -11,47 +10,42 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import validation as v
-from app.api.sessions import owned_session
 from app.auth import require_user, services_of
-from app.replies import queue_reply, stop_replies
+from app.http_input import read_body, read_json, resume_position
 from app.services import Services
 from app.sse_events import stream_event, to_json
-from app.streaming import follow_session, resume_position
-from projections import messages as messages_read
+from app.streaming import follow_session
+from app.usecases import chats
 
 
 async def list_or_post(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
-    session = await owned_session(request, user)
+    session_id = request.path_params["session_id"]
     if request.method == "GET":
-        return JSONResponse(await messages_read.list_messages(services.read_db, session["id"]))
-    body = await v.read_json(request, services.settings.max_body_bytes)
-    content = v.text(body, "content", max_len=services.settings.max_message_chars,
-                     required=True, allow_blank=False)
-    assert content is not None
-    session_id, owner_id = UUID(session["id"]), UUID(user["id"])
-    record = partial(services.chat.post_message, session_id, owner_id, content)
-    return JSONResponse(await queue_reply(services, session_id, record), 202)
+        return JSONResponse(await chats.list_messages(services, user["id"], session_id))
+    await chats.owned_session(services, user["id"], session_id)  # 404 before reading a body
+    body = await read_json(request, services.settings.max_body_bytes)
+    queued = await chats.post_message(services, user["id"], session_id, body.get("content"))
+    return JSONResponse(queued, 202)
 
 
 async def regenerate(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
-    session = await owned_session(request, user)
-    await v.read_body(request, services.settings.max_body_bytes)
-    session_id, owner_id = UUID(session["id"]), UUID(user["id"])
-    record = partial(services.chat.regenerate, session_id, owner_id)
-    return JSONResponse(await queue_reply(services, session_id, record), 202)
+    session_id = request.path_params["session_id"]
+    await chats.owned_session(services, user["id"], session_id)
+    await read_body(request, services.settings.max_body_bytes)
+    return JSONResponse(await chats.regenerate(services, user["id"], session_id), 202)
 
 
 async def cancel(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
-    session = await owned_session(request, user)
-    await v.read_body(request, services.settings.max_body_bytes)
-    await stop_replies(services, UUID(session["id"]))
+    session_id = request.path_params["session_id"]
+    await chats.owned_session(services, user["id"], session_id)
+    await read_body(request, services.settings.max_body_bytes)
+    await chats.cancel_reply(services, user["id"], session_id)
     return JSONResponse({"status": "cancelling"}, 202)
 
 
@@ -68,7 +62,7 @@ async def api_events(
 async def stream(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
-    session = await owned_session(request, user)
+    session = await chats.owned_session(services, user["id"], request.path_params["session_id"])
     after = resume_position(request)
     return EventSourceResponse(
         api_events(services, UUID(session["id"]), after),

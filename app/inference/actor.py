@@ -20,6 +20,7 @@ from uuid import UUID
 
 import anyio
 
+from app.conversations import Conversation
 from app.inference.engine import (
     ContextTooLong,
     Engine,
@@ -45,10 +46,15 @@ class ModelNotLoaded(Exception):
     pass
 
 
+# Reads what a reply answers: (session_id, reply_id, position of its queueing).
+ConversationSource = Callable[[UUID, UUID, int], Conversation]
+
+
 @dataclass
 class Job:
     session_id: UUID
     reply_id: UUID
+    position: int
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -68,8 +74,10 @@ class Tuning:
 
 
 class InferenceActor:
-    def __init__(self, chat: ChatApplication, tuning: Tuning) -> None:
+    def __init__(self, chat: ChatApplication, conversations: ConversationSource,
+                 tuning: Tuning) -> None:
         self._chat = chat
+        self._conversations = conversations
         self._tuning = tuning
         self.engine: Engine | None = None
         self.load_error: str | None = None
@@ -101,9 +109,10 @@ class InferenceActor:
                 raise QueueFull(f"{len(self._waiting)} replies are already waiting.")
             return len(self._waiting) + (1 if self._running else 0) + 1
 
-    def enqueue(self, session_id: UUID, reply_id: UUID) -> None:
+    def enqueue(self, session_id: UUID, reply_id: UUID, position: int) -> None:
+        """Queue a reply recorded as queued at log `position`."""
         with self._lock:
-            self._waiting.append(Job(session_id, reply_id))
+            self._waiting.append(Job(session_id, reply_id, position))
         self._wakeup.set()
 
     def withdraw(self, session_id: UUID) -> tuple[list[UUID], bool]:
@@ -181,9 +190,9 @@ class InferenceActor:
         if job.cancelled.is_set():
             self._record(job, lambda s: s.cancel_reply(rid))
             return
-        session = self._chat.get_session(job.session_id)
-        config = session.config
-        history = [Turn(t["role"], t["content"]) for t in session.history_before(rid)]
+        conversation = self._conversations(job.session_id, rid, job.position)
+        config = conversation.config
+        history = [Turn(role, content) for _id, role, content in conversation.turns]
         params = SamplingParams(
             temperature=config["temperature"], top_p=config["top_p"],
             max_tokens=config["max_tokens"],

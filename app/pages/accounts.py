@@ -8,11 +8,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from app.api.auth import register_account, sign_in, sign_out
-from app.auth import SESSION_COOKIE, optional_user, require_user, services_of
-from app.errors import ApiError
+from app.auth import SESSION_COOKIE, client_address, optional_user, require_user, services_of
+from app.errors import headers_of, status_of
+from app.http_input import read_form
 from app.pages.render import page
-from app.validation import read_form
+from app.usecases import accounts
+from app.usecases.errors import Conflict, InvalidInput, UseCaseError
 
 FIELDS = ("username", "email", "password", "display_name")
 
@@ -21,11 +22,12 @@ async def form_of(request: Request) -> dict[str, str]:
     return await read_form(request, services_of(request).settings.max_body_bytes)
 
 
-def field_error(error: ApiError) -> tuple[dict[str, str], str]:
-    """Put a 'field: problem' message beside its field, anything else above the form."""
-    field, sep, problem = error.message.partition(": ")
-    if sep and field in FIELDS:
-        return {field: problem}, ""
+def field_errors(error: UseCaseError) -> tuple[dict[str, str], str]:
+    """Put an error beside its field when it has one, anything else above the form."""
+    if isinstance(error, InvalidInput) and error.field in FIELDS:
+        return {error.field: error.problem}, ""
+    if isinstance(error, Conflict) and error.field in FIELDS:
+        return {error.field: error.message.partition(": ")[2] or error.message}, ""
     return {}, error.message
 
 
@@ -56,12 +58,15 @@ async def login_page(request: Request) -> Response:
     values = {"username": str(form.get("username", ""))}
     target = safe_next(str(form.get("next", "")))
     try:
-        _user, token = await sign_in(request, values["username"], str(form.get("password", "")))
-    except ApiError as error:
+        result = await accounts.sign_in(services_of(request), values["username"],
+                                         str(form.get("password", "")), client_address(request))
+    except UseCaseError as error:
         context: dict[str, Any] = {"values": values, "errors": {}, "next": target,
                                    "form_error": error.message}
-        return page(request, "auth/login.html", context, error.status)
-    return signed_in(request, token, target)
+        response = page(request, "auth/login.html", context, status_of(error))
+        response.headers.update(headers_of(error))
+        return response
+    return signed_in(request, result.token, target)
 
 
 async def register_page(request: Request) -> Response:
@@ -70,18 +75,18 @@ async def register_page(request: Request) -> Response:
     form = await form_of(request)
     body = {key: str(form.get(key, "")) for key in ("username", "email", "password")}
     try:
-        _user, token = await register_account(request, body)
-    except ApiError as error:
-        errors, form_error = field_error(error)
+        result = await accounts.register(services_of(request), body, client_address(request))
+    except UseCaseError as error:
+        errors, form_error = field_errors(error)
         values = {k: body[k] for k in ("username", "email")}
         context = {"values": values, "errors": errors, "form_error": form_error}
-        return page(request, "auth/register.html", context, error.status)
-    return signed_in(request, token, "/chats")
+        return page(request, "auth/register.html", context, status_of(error))
+    return signed_in(request, result.token, "/chats")
 
 
 async def logout_page(request: Request) -> Response:
     user = await require_user(request)
-    await sign_out(request, user)
+    await accounts.sign_out(services_of(request), user["id"], user["token"])
     response = Response(status_code=204, headers={"HX-Redirect": "/login"})
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -20,9 +20,10 @@ from starlette.responses import Response
 
 from app.auth import services_of
 from app.event_log import LoggedEvent
+from app.http_input import resume_position
 from app.pages.render import fragment
 from app.services import Services
-from app.streaming import follow_session, resume_position
+from app.streaming import follow_session
 from projections import messages as messages_read
 from projections.base import iso
 

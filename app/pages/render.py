@@ -11,6 +11,7 @@ from starlette.templating import Jinja2Templates
 
 from app.auth import services_of
 from app.security import csrf_token
+from app.usecases.chats import max_tokens_limit
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parents[2] / "templates")
 
@@ -41,9 +42,7 @@ def is_htmx(request: Request) -> bool:
 def limits(request: Request) -> dict[str, int]:
     services = services_of(request)
     s = services.settings
-    n_ctx = services.actor.engine.info.n_ctx if services.actor.engine else s.n_ctx
     return {
         "message": s.max_message_chars, "title": s.max_title_chars,
-        "system_prompt": s.max_system_prompt_chars,
-        "max_tokens": min(s.max_tokens_limit, n_ctx - 1),
+        "system_prompt": s.max_system_prompt_chars, "max_tokens": max_tokens_limit(services),
     }

@@ -1,0 +1,1 @@
+"""What users can do, free of HTTP: plain values in, typed errors out."""
