@@ -17,7 +17,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
-from domain.errors import NotFound, UsernameTaken
+from domain.errors import DomainError, NotFound, UsernameTaken
 from domain.sessions import ChatSession
 from domain.users import AdminSeat, User, UsernameIndex
 
@@ -179,3 +179,67 @@ class ChatApplication(Application[UUID]):
             session = self.get_session(session_id)
             change(session)
             return self._save(session)
+
+    # -- administration (the admin pages and the command line) ---------------------------
+    # `by` is the acting admin, None for the operator's command line. The admin seat keeps
+    # the active admins, so a change that would leave none raises LastAdmin.
+
+    def disable_user(self, user_id: UUID, by: UUID | None = None) -> int:
+        """Every token of the user stops working; their open replies are the caller's to
+        cancel (`cancel_replies`), since only the read models know which those are."""
+        def change(user: User, seat: AdminSeat) -> None:
+            if user.is_active_admin:
+                seat.remove(user.id)
+            user.disable(by)
+        return self._administer(user_id, change)
+
+    def enable_user(self, user_id: UUID, by: UUID | None = None) -> int:
+        def change(user: User, seat: AdminSeat) -> None:
+            user.enable(by)
+            if user.is_active_admin:
+                seat.add(user.id)
+        return self._administer(user_id, change)
+
+    def grant_admin(self, user_id: UUID, by: UUID | None = None) -> int:
+        def change(user: User, seat: AdminSeat) -> None:
+            user.grant_admin(by)
+            if user.is_active_admin:
+                seat.add(user.id)
+        return self._administer(user_id, change)
+
+    def revoke_admin(self, user_id: UUID, by: UUID | None = None) -> int:
+        def change(user: User, seat: AdminSeat) -> None:
+            if user.is_active_admin:
+                seat.remove(user.id)
+            user.revoke_admin(by)
+        return self._administer(user_id, change)
+
+    def _administer(self, user_id: UUID, change: Callable[[User, AdminSeat], None]) -> int:
+        with self._lock:
+            user = self.get_user(user_id)
+            try:
+                seat: AdminSeat = self.repository.get(AdminSeat.create_id())
+            except AggregateNotFoundError as error:  # impossible once anyone registered
+                raise NotFound("no admin seat") from error
+            change(user, seat)
+            return self._save(user, seat)
+
+    def cancel_replies(self, replies: list[tuple[UUID, UUID]]) -> list[UUID]:
+        """Cancel each (session_id, reply_id) still open; returns the reply ids cancelled.
+
+        Another process (the server's actor) may write the same session at the same
+        moment: the loser of that race reloads the session and tries again."""
+        cancelled = []
+        for session_id, reply_id in replies:
+            def cancel(session: ChatSession, rid: UUID = reply_id) -> None:
+                session.cancel_reply(rid)
+            for _attempt in range(5):
+                try:
+                    self.change_reply(session_id, cancel)
+                    cancelled.append(reply_id)
+                except IntegrityError:
+                    continue
+                except DomainError:  # ended meanwhile, or gone
+                    pass
+                break
+        return cancelled

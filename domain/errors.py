@@ -23,3 +23,7 @@ class NothingToRegenerate(DomainError):
 
 class ReplyNotOpen(DomainError):
     """The reply already ended (completed, failed, cancelled or interrupted)."""
+
+
+class LastAdmin(DomainError):
+    """The change would leave no active administrator."""

@@ -6,6 +6,8 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.errors import LastAdmin
+
 
 def username_key(username: str) -> str:
     """Usernames are unique regardless of case: "Alice" and "alice" are one account."""
@@ -21,6 +23,7 @@ class User(Aggregate):
         self.is_admin = is_admin
         self.display_name = ""
         self.active_tokens: set[str] = set()
+        self.disabled = False
 
     @event("LoggedIn")
     def log_in(self, token_hash: str, address: str) -> None:
@@ -52,6 +55,47 @@ class User(Aggregate):
         for key, value in changes.items():
             setattr(self, key, value)
 
+    # -- administration: `by` is the acting admin's id, None for the operator's command line.
+    # Each command records nothing when the user is already in the state asked for.
+
+    @property
+    def is_active_admin(self) -> bool:
+        return self.is_admin and not self.disabled
+
+    def disable(self, by: UUID | None) -> None:
+        if not self.disabled:
+            self._disable(by=by)
+
+    @event("Disabled")
+    def _disable(self, by: UUID | None) -> None:
+        """Signs the user out everywhere: every token stops, also after enabling again."""
+        self.disabled = True
+        self.active_tokens = set()
+
+    def enable(self, by: UUID | None) -> None:
+        if self.disabled:
+            self._enable(by=by)
+
+    @event("Enabled")
+    def _enable(self, by: UUID | None) -> None:
+        self.disabled = False
+
+    def grant_admin(self, by: UUID | None) -> None:
+        if not self.is_admin:
+            self._grant_admin(by=by)
+
+    @event("AdminGranted")
+    def _grant_admin(self, by: UUID | None) -> None:
+        self.is_admin = True
+
+    def revoke_admin(self, by: UUID | None) -> None:
+        if self.is_admin:
+            self._revoke_admin(by=by)
+
+    @event("AdminRevoked")
+    def _revoke_admin(self, by: UUID | None) -> None:
+        self.is_admin = False
+
 
 class UsernameIndex(Aggregate):
     """One per username; its id is derived from the name, so a second claim conflicts."""
@@ -66,11 +110,36 @@ class UsernameIndex(Aggregate):
 
 
 class AdminSeat(Aggregate):
-    """Claimed by the first registered user, who becomes the admin; only one can exist."""
+    """Claimed by the first registered user, who becomes the admin; only one can exist.
+
+    It also keeps the set of active admins (admin and not disabled), so that a command
+    which would leave none is refused, and two such commands racing (in two processes:
+    the server and the command line) conflict on this aggregate's version instead of both
+    succeeding."""
 
     @event("Claimed")
     def __init__(self, user_id: UUID) -> None:
         self.user_id = user_id
+        self.active_admins: set[UUID] = {user_id}
+
+    def add(self, user_id: UUID) -> None:
+        if user_id not in self.active_admins:
+            self._add(user_id)
+
+    @event("AdminAdded")
+    def _add(self, user_id: UUID) -> None:
+        self.active_admins.add(user_id)
+
+    def remove(self, user_id: UUID) -> None:
+        if user_id not in self.active_admins:
+            return
+        if self.active_admins == {user_id}:
+            raise LastAdmin("this is the last active administrator")
+        self._remove(user_id)
+
+    @event("AdminRemoved")
+    def _remove(self, user_id: UUID) -> None:
+        self.active_admins.discard(user_id)
 
     @staticmethod
     def create_id() -> UUID:

@@ -18,6 +18,9 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import Notification
 
 from projections.base import Projection
+from projections.batch import BatchProjection
+from projections.event_index import EventIndexProjection
+from projections.hashchain import HashChainProjection
 from projections.messages import MessagesProjection
 from projections.sessions import SessionsProjection
 from projections.users import UsersProjection
@@ -29,7 +32,8 @@ POLL_SECONDS = 1.0
 
 
 def all_projections() -> list[Projection]:
-    return [UsersProjection(), SessionsProjection(), MessagesProjection()]
+    return [UsersProjection(), SessionsProjection(), MessagesProjection(),
+            HashChainProjection(), EventIndexProjection()]
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -221,9 +225,14 @@ class ProjectionRunner:
         events = [(n.id, mapper.to_domain_event(n)) for n in notifications]
         for name, projection in self._projections.items():
             applied = positions[name]
-            for position, event in events:
-                if position > applied:
-                    projection.apply(self._db, event, position)
+            if isinstance(projection, BatchProjection):  # one call, records and events
+                projection.apply_batch(self._db, [
+                    (n, e) for n, (_, e) in zip(notifications, events, strict=True)
+                    if n.id > applied])
+            else:
+                for position, event in events:
+                    if position > applied:
+                        projection.apply(self._db, event, position)
             self._db.execute(
                 "UPDATE projection_positions SET position = ? WHERE name = ?",
                 (max(applied, events[-1][0]), name),

@@ -14,6 +14,7 @@ from projections.base import ISO_FORMAT, Projection, iso, row_dict
 
 class UsersProjection(Projection):
     name = "users"
+    version = 2  # v2: the `disabled` column
     tables = ("users", "auth_tokens")
     schema = """
     CREATE TABLE IF NOT EXISTS users (
@@ -24,7 +25,8 @@ class UsersProjection(Projection):
         display_name TEXT NOT NULL DEFAULT '',
         is_admin INTEGER NOT NULL,
         created_at TEXT NOT NULL,
-        last_login_at TEXT
+        last_login_at TEXT,
+        disabled INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE IF NOT EXISTS auth_tokens (
         token_hash TEXT PRIMARY KEY,
@@ -60,23 +62,42 @@ class UsersProjection(Projection):
                 db.execute(f"UPDATE users SET {key} = ? WHERE id = ?",
                            (value, str(e.originator_id)))
 
+    def on_User_Disabled(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+        # Every token is revoked, not just hidden: enabling the user later revives none.
+        db.execute("UPDATE users SET disabled = 1 WHERE id = ?", (str(e.originator_id),))
+        db.execute("UPDATE auth_tokens SET revoked_at = ? WHERE user_id = ?"
+                   " AND revoked_at IS NULL", (iso(e.timestamp), str(e.originator_id)))
 
-USER_COLUMNS = "u.id, u.username, u.email, u.display_name, u.is_admin, u.created_at"
+    def on_User_Enabled(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+        db.execute("UPDATE users SET disabled = 0 WHERE id = ?", (str(e.originator_id),))
+
+    def on_User_AdminGranted(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+        db.execute("UPDATE users SET is_admin = 1 WHERE id = ?", (str(e.originator_id),))
+
+    def on_User_AdminRevoked(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+        db.execute("UPDATE users SET is_admin = 0 WHERE id = ?", (str(e.originator_id),))
+
+
+USER_COLUMNS = (
+    "u.id, u.username, u.email, u.display_name, u.is_admin, u.created_at, u.disabled"
+)
 
 
 def _user(row: Any) -> dict[str, Any]:
     user = row_dict(row)
     user["is_admin"] = bool(user["is_admin"])
+    user["disabled"] = bool(user["disabled"])
     return user
 
 
 async def user_for_token(
     db: aiosqlite.Connection, token_hash: str, ttl: timedelta, now: str
 ) -> dict[str, Any] | None:
-    """The user a live (not revoked, not expired) token belongs to."""
+    """The user a live (not revoked, not expired) token belongs to, unless disabled."""
     async with db.execute(
         f"SELECT {USER_COLUMNS}, t.created_at AS token_created_at FROM auth_tokens t"
-        " JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? AND t.revoked_at IS NULL",
+        " JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? AND t.revoked_at IS NULL"
+        " AND u.disabled = 0",
         (token_hash,),
     ) as cursor:
         row = await cursor.fetchone()

@@ -2,55 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.audit.event_view import event_view
 from app.auth import require_admin, services_of
-from app.event_log import LoggedEvent
 from app.http_input import query_int
 from app.usecases.errors import InvalidInput, NotFound
 from projections import messages as messages_read
 from projections import sessions as sessions_read
 from projections import users as users_read
-from projections.base import iso
-
-REDACTED_FIELDS = frozenset({"password_hash"})
-ENVELOPE_FIELDS = ("originator_id", "originator_version", "timestamp")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(item) for k, item in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(item) for item in value]
-    return value
-
-
-def event_view(logged: LoggedEvent) -> dict[str, Any]:
-    event: Any = logged.event  # every event of ours is an eventsourcing DomainEvent
-    data = {
-        key: "[redacted]" if key in REDACTED_FIELDS else _plain(value)
-        for key, value in event.__dict__.items()
-        if key not in ENVELOPE_FIELDS
-    }
-    return {
-        "id": str(logged.position),
-        "position": logged.position,
-        "originator_id": str(event.originator_id),
-        "originator_version": event.originator_version,
-        "type": type(event).__qualname__,
-        "timestamp": iso(event.timestamp),
-        "data": data,
-    }
 
 
 async def events(request: Request) -> Response:

@@ -1,0 +1,183 @@
+"""The event browser's query: the log filtered by type, aggregate, user and time range.
+
+Shared by the admin pages and `localchat events list|tail`. Positions are found by index
+(the `event_index` projection for type, user and time; the store's primary key for one
+aggregate), then the events are read from the log by position and decoded. On a log of a
+million events every filter answers in milliseconds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import CanMutateAggregate
+from eventsourcing.persistence import Mapper
+
+from app.audit.log import COLUMNS, decode, head, to_record
+from app.event_log import LoggedEvent
+from app.usecases.errors import InvalidInput
+from domain.sessions import ChatSession
+from domain.users import AdminSeat, User, UsernameIndex
+from projections.event_index import time_key
+
+AGGREGATES = (User, UsernameIndex, AdminSeat, ChatSession)
+
+
+@cache
+def known_types() -> tuple[str, ...]:
+    """Every event type the domain records, as "Aggregate.Event"."""
+    found = []
+    for aggregate in AGGREGATES:
+        for name, value in vars(aggregate).items():
+            if (isinstance(value, type) and issubclass(value, CanMutateAggregate)
+                    and name not in ("Event", "Created")):
+                found.append(value.__qualname__)
+    return tuple(sorted(found))
+
+
+def resolve_type(name: str) -> list[str]:
+    """ "ReplyFailed" or "ChatSession.ReplyFailed" -> the qualified names it means."""
+    matches = [t for t in known_types() if name in (t, t.split(".", 1)[1])]
+    if not matches:
+        bare = sorted({t.split(".", 1)[1] for t in known_types()})
+        raise InvalidInput("type", f"{name!r} is no event type; known: " + ", ".join(bare))
+    return matches
+
+
+def parse_time(text: str, field_name: str, now: datetime | None = None) -> datetime:
+    """ISO 8601 (a date, or a date and time; UTC unless it says otherwise) or an age such
+    as "90s", "15m", "2h", "7d" (that long before now)."""
+    text = text.strip()
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return (now or datetime.now(UTC)) - timedelta(**{units[text[-1]]: int(text[:-1])})
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(field_name, "must be a time like 2026-11-24, 2026-11-24T09:30"
+                                       " or an age like 2h or 7d.") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+@dataclass
+class EventFilter:
+    types: list[str] = field(default_factory=list)  # qualified names; empty: all types
+    aggregate: UUID | None = None
+    user: UUID | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+class EventBrowser:
+    """Queries over one data directory: the read models with the event store attached."""
+
+    def __init__(self, read_model_path: Path, event_store_path: Path,
+                 mapper: Mapper[UUID]) -> None:
+        self.mapper = mapper
+        self.db = sqlite3.connect(f"file:{read_model_path}?mode=ro", uri=True,
+                                  check_same_thread=False)
+        self.db.execute("ATTACH DATABASE ? AS log", (f"file:{event_store_path}?mode=ro",))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def log_head(self) -> int:
+        return head(self.db)
+
+    def index_head(self) -> int:
+        """The last position the event index has taken in (filters see up to here)."""
+        try:
+            row = self.db.execute("SELECT position FROM projection_positions"
+                                  " WHERE name = 'event_index'").fetchone()
+        except sqlite3.OperationalError:  # no read models yet
+            return 0
+        return int(row[0]) if row else 0
+
+    def select(self, where: EventFilter, after: int = 0, before: int | None = None,
+               limit: int = 100, newest_first: bool = False) -> list[LoggedEvent]:
+        """Matching events with after < position < before, oldest first (or the newest
+        `limit` of them with `newest_first`, still returned oldest first)."""
+        positions = self.positions(where, after, before, limit, newest_first)
+        if not positions:
+            return []
+        marks = ",".join("?" * len(positions))
+        rows = self.db.execute(
+            f"SELECT {COLUMNS} FROM log.stored_events WHERE rowid IN ({marks})"
+            " ORDER BY rowid", positions).fetchall()
+        return [decode(self.mapper, to_record(row)) for row in rows]
+
+    def _time_bounds(self, where: EventFilter) -> tuple[int, int] | None:
+        """The position range of the time range (`at` is in log order), None if empty."""
+        low, high = 0, 2**62
+        if where.since is not None:
+            row = self.db.execute("SELECT position FROM event_index WHERE at >= ?"
+                                  " ORDER BY at, position LIMIT 1",
+                                  (time_key(where.since),)).fetchone()
+            if row is None:
+                return None
+            low = row[0]
+        if where.until is not None:
+            row = self.db.execute("SELECT position FROM event_index WHERE at < ?"
+                                  " ORDER BY at DESC, position DESC LIMIT 1",
+                                  (time_key(where.until),)).fetchone()
+            if row is None:
+                return None
+            high = row[0]
+        return (low, high) if low <= high else None
+
+    def positions(self, where: EventFilter, after: int = 0, before: int | None = None,
+                  limit: int = 100, newest_first: bool = False) -> list[int]:
+        """The positions `select` reads, ascending."""
+        bounds = self._time_bounds(where)
+        if bounds is None:
+            return []
+        low = max(after + 1, bounds[0])
+        high = bounds[1] if before is None else min(before - 1, bounds[1])
+        if where.types or where.user is not None:
+            table, column = "event_index", "position"
+        else:
+            table, column = "log.stored_events", "rowid"
+        conditions = [f"{column} BETWEEN ? AND ?"]
+        params: list[Any] = [low, high]
+        if where.types:
+            conditions.append(f"type IN ({','.join('?' * len(where.types))})")
+            params += where.types
+        if where.user is not None:
+            conditions.append("user_id = ?")
+            params.append(str(where.user))
+        if where.aggregate is not None and table == "event_index":
+            conditions.append(
+                "position IN (SELECT rowid FROM log.stored_events WHERE originator_id = ?)")
+            params.append(where.aggregate.hex)
+        elif where.aggregate is not None:
+            conditions.append("originator_id = ?")
+            params.append(where.aggregate.hex)
+        order = "DESC" if newest_first else "ASC"
+        sql = (f"SELECT {column} FROM {table} WHERE {' AND '.join(conditions)}"
+               f" ORDER BY {column} {order} LIMIT ?")
+        return sorted(int(row[0]) for row in self.db.execute(sql, [*params, limit]))
+
+
+def user_by_name_or_id(db: sqlite3.Connection, mapper: Mapper[UUID], ref: str) -> UUID:
+    """A user id from a UUID or a username, read from the log (`db`: the event store)."""
+    try:
+        user_id = UUID(ref)
+    except ValueError:
+        index_id = UsernameIndex.create_id(ref)
+        row = db.execute(f"SELECT {COLUMNS} FROM stored_events WHERE originator_id = ?"
+                         " AND originator_version = 1", (index_id.hex,)).fetchone()
+        if row is None:
+            raise InvalidInput("user", f"no user is called {ref!r}.") from None
+        claimed: Any = decode(mapper, to_record(row)).event
+        return UUID(str(claimed.user_id))
+    row = db.execute("SELECT topic FROM stored_events WHERE originator_id = ?"
+                     " AND originator_version = 1", (user_id.hex,)).fetchone()
+    if row is None or not str(row[0]).endswith(":User.Registered"):
+        raise InvalidInput("user", f"no user has the id {ref}.")
+    return user_id

@@ -1,0 +1,31 @@
+"""Projections applied a batch at a time, seeing each event's stored record too.
+
+The runner hands a `BatchProjection` every batch it reads (in log order, only events after
+the projection's position) as (record, event) pairs: the record exactly as the event store
+holds it and the decoded event. Writing a batch with one `executemany` instead of one
+statement per event is what keeps a rebuild of a million-event log fast, and the record is
+what the hash chain must hash (the bytes, not what they decode to).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Notification
+
+from projections.base import Projection
+
+Batch = Sequence[tuple[Notification, DomainEventProtocol[Any]]]
+
+
+class BatchProjection(Projection):
+    def apply_batch(self, db: sqlite3.Connection, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def apply(
+        self, db: sqlite3.Connection, event: DomainEventProtocol[Any], position: int
+    ) -> None:
+        raise TypeError(f"{self.name} is applied by batches of records: use apply_batch")
