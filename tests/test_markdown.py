@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib.util
 import random
 import re
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -280,14 +282,23 @@ def test_crlf_split_across_pieces_ends_as_render() -> None:
     assert "".join(appended) == render(text) == render(REPLY)
 
 
+def without_token_colours(html: str) -> str:
+    return re.sub(r'<span class="[a-z0-9]{1,3}">|</span>', "", html)
+
+
 def test_every_intermediate_page_equals_render_of_the_text_so_far() -> None:
+    """Exactly, up to the Pygments colours of an unclosed code block's last line (its
+    complete lines are highlighted once, the line being written alone)."""
     renderer = StreamingMarkdown()
     for i in range(len(REPLY)):
         renderer.feed(REPLY[i])
         last_line = REPLY[: i + 1].rsplit("\n", 1)[-1]
         if re.fullmatch(r" {0,3}(`{1,2}|~{1,2})", last_line):
             continue  # a half-typed fence marker is held back (next test)
-        assert renderer.html == render_uncached(REPLY[: i + 1]), REPLY[: i + 1]
+        expected = render_uncached(REPLY[: i + 1])
+        assert without_token_colours(renderer.html) == without_token_colours(expected)
+        if "<pre" not in renderer.tail_html:
+            assert renderer.html == expected, REPLY[: i + 1]
 
 
 def test_unclosed_fence_renders_as_code() -> None:
@@ -296,8 +307,25 @@ def test_unclosed_fence_renders_as_code() -> None:
     assert update.frozen_html_to_append == "<p>예제:</p>\n"
     assert '<span class="code__lang">python</span>' in update.tail_html
     assert "```" not in update.tail_html
-    assert code_text(update.tail_html) == "print('안녕')\nx = [\n"
+    assert code_text(update.tail_html) == "print('안녕')\nx = ["
     assert '<span class="nb">print</span>' in update.tail_html
+
+
+def test_growing_code_block_highlights_complete_lines_like_the_final_render() -> None:
+    source = 'class 사용자:\n    """문서\n    문자열"""\n    이름: str = "홍길동"\n'
+    renderer = StreamingMarkdown("```python\n")
+    for ch in source:
+        written = renderer.feed(ch).tail_html
+        assert "code__stable" not in written  # the placeholder never reaches a page
+    final = render("```python\n" + source)
+    # All lines complete: colours exactly as in the final render, even the docstring that
+    # spans lines.
+    assert written == final
+    assert '<span class="sd">    문자열"""</span>' in final
+    renderer.feed("    나이")                        # a new line being written
+    assert code_text(renderer.tail_html) == source + "    나이"
+    # The complete lines keep their final colours; only the new line is highlighted alone.
+    assert renderer.tail_html.startswith(final.split("</code>")[0])
 
 
 def test_half_typed_fence_marker_is_held_back() -> None:
@@ -384,3 +412,83 @@ def test_code_css_is_generated_from_the_script() -> None:
     for selector in ('html[data-theme="dark"] .code .k', 'html[data-theme="light"] .code .k',
                      "@media (prefers-color-scheme: dark)"):
         assert selector in css
+
+
+# --- In a real browser: copy button and themes -------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+COPY_SOURCE = 'def 인사():\n    return "안녕하세요"\n'
+
+
+def reply_page(tmp_path: Path, theme: str | None) -> str:
+    """A static page with the real stylesheets and script around a rendered reply."""
+    body = render("## 코드 예제\n\n설명 **굵게**.\n\n```python\n" + COPY_SOURCE + "```\n\n"
+                  "| 열 | 값 |\n|---|--:|\n| 하나 | 1 |\n")
+    theme_attr = f' data-theme="{theme}"' if theme else ""
+    page = tmp_path / f"reply-{theme}.html"
+    page.write_text(
+        f'<!doctype html><html lang="ko"{theme_attr}><head><meta charset="utf-8">'
+        f'<link rel="stylesheet" href="{ROOT.as_uri()}/static/css/app.css">'
+        f'<link rel="stylesheet" href="{ROOT.as_uri()}/static/css/code.css">'
+        f'<script src="{ROOT.as_uri()}/static/js/app.js" defer></script></head><body>'
+        f'<article class="message message--assistant"><div class="message__bubble">'
+        f'<div class="message__body md" id="body-1">{body}</div></div></article></body></html>',
+        encoding="utf-8")
+    return page.as_uri()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.mark.parametrize("clipboard_api", [True, False])
+def test_copy_button_copies_the_code(chromium: Any, tmp_path: Path, clipboard_api: bool) -> None:
+    """With the clipboard API, and without it (plain http on a LAN address is not a
+    secure context): the textarea fallback."""
+    context = chromium.new_context()
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    if not clipboard_api:
+        page.add_init_script("Object.defineProperty(Navigator.prototype, 'clipboard',"
+                             " {get: () => undefined})")
+    reader = context.new_page()  # the clipboard is the browser's, not the page's
+    reader.goto(reply_page(tmp_path, "light"))
+    reader.evaluate("navigator.clipboard.writeText('이전 내용')")
+    page.goto(reply_page(tmp_path, None))
+    page.locator(".code__copy").click()
+    page.wait_for_function("document.querySelector('.code__copy').textContent === 'Copied'")
+    assert reader.evaluate("navigator.clipboard.readText()") == COPY_SOURCE.rstrip("\n")
+    page.wait_for_function("document.querySelector('.code__copy').textContent === 'Copy'")
+    context.close()
+
+
+@pytest.mark.parametrize(("system", "theme", "expected"), [
+    ("light", None, "light"), ("dark", None, "dark"),
+    ("light", "dark", "dark"), ("dark", "light", "light"),
+])
+def test_code_colours_follow_the_theme(chromium: Any, tmp_path: Path, system: str,
+                                       theme: str | None, expected: str) -> None:
+    context = chromium.new_context(color_scheme=system)
+    page = context.new_page()
+    page.goto(reply_page(tmp_path, theme))
+    background = page.eval_on_selector(".code", "e => getComputedStyle(e).backgroundColor")
+    keyword = page.eval_on_selector(".code .k", "e => getComputedStyle(e).color")
+    assert (background, keyword) == {
+        "light": ("rgb(248, 248, 248)", "rgb(0, 128, 0)"),      # Pygments "default"
+        "dark": ("rgb(13, 17, 23)", "rgb(255, 123, 114)"),       # Pygments "github-dark"
+    }[expected]
+    if system == "dark" and theme is None:
+        artifacts = ROOT / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        page.set_viewport_size({"width": 720, "height": 480})
+        page.screenshot(path=str(artifacts / "markdown-dark.png"))
+    context.close()

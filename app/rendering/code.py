@@ -52,19 +52,24 @@ def highlighted(code: str, lang: str) -> str:
     lexer = lexer_for(lang) if lang else None
     if lexer is None:
         return escape(code, quote=False)
-    return highlight(code, lexer, _FORMATTER)
+    html = highlight(code, lexer, _FORMATTER)
+    # The formatter ends every line with a newline, even a last line that had none.
+    return html if code.endswith("\n") or not html.endswith("\n") else html[:-1]
 
 
-def code_block(code: str, lang: str) -> str:
-    """A code block's whole frame: header (language label, copy button) and the code.
+def code_block(code: str, lang: str, body: str | None = None) -> str:
+    """A code block's whole frame: header (language label, copy button) and the code
+    (`body`: its HTML, when the caller has it already).
 
     `lang` is untrusted (a fence's info string): it only ever appears as escaped text,
     never in an attribute.
     """
+    if body is None:
+        body = highlighted(code, lang)
     label = lang[:MAX_LABEL_CHARS]
     head = f'<span class="code__lang">{escape(label)}</span>' if label else ""
     return (
         '<div class="code"><div class="code__head">'
         f'{head}<button type="button" class="code__copy" data-copy>{COPY_LABEL}</button>'
-        f'</div><pre class="code__pre"><code>{highlighted(code, lang)}</code></pre></div>\n'
+        f'</div><pre class="code__pre"><code>{body}</code></pre></div>\n'
     )

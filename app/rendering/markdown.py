@@ -31,8 +31,14 @@ from markdown_it.common.utils import unescapeAll
 from markdown_it.token import Token
 from mdit_py_plugins.gfm_autolink import gfm_autolink_plugin
 
-from app.rendering.code import TOKEN_CLASSES, code_block
+from app.rendering.code import TOKEN_CLASSES, code_block, highlighted
 
+# env key: the unclosed fence at the end of a streaming reply (see streaming.py)
+GROWING_FENCE = "growing_fence"
+_STABLE_CODE = "stable_code"
+# Stands for a growing fence's complete lines until after sanitizing. Raw HTML in the
+# source is escaped, so only the fence rule can emit it.
+_STABLE_MARKER = '<span class="code__stable"></span>'
 LINK_SCHEMES = frozenset({"http", "https", "mailto"})
 _LINK_PREFIXES = tuple(f"{scheme}:" for scheme in LINK_SCHEMES)
 
@@ -46,7 +52,17 @@ def link_allowed(url: str) -> bool:
 def _fence(self: Any, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
     token = tokens[idx]
     info = unescapeAll(token.info).strip() if token.info else ""
-    return code_block(token.content, info.split(maxsplit=1)[0] if info else "")
+    lang = info.split(maxsplit=1)[0] if info else ""
+    if env.get(GROWING_FENCE) is token:
+        # Still being written: its complete lines are highlighted and sanitized once
+        # (_stable_code), only the last line per piece. Colours of a construct spanning
+        # lines may be off on that last line until it is done; the text is always exact,
+        # and the finished reply is highlighted as a whole.
+        code = token.content
+        cut = code.rfind("\n", 0, len(code) - 1) + 1
+        env[_STABLE_CODE] = (code[:cut], lang)
+        return code_block(code, lang, body=_STABLE_MARKER + highlighted(code[cut:], lang))
+    return code_block(token.content, lang)
 
 
 def _code_block(self: Any, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
@@ -113,7 +129,7 @@ SANITIZER = nh3.Cleaner(
     set_tag_attribute_values={"a": {"target": "_blank"}, "input": {"disabled": ""}},
     allowed_classes={
         "div": {"code", "code__head"},
-        "span": {"code__lang", *TOKEN_CLASSES},
+        "span": {"code__lang", "code__stable", *TOKEN_CLASSES},
         "button": {"code__copy"},
         "pre": {"code__pre"},
         "a": {"md-image"},
@@ -134,9 +150,18 @@ def parse(text: str) -> list[Token]:
     return MD.parse(text, {})
 
 
-def render_tokens(tokens: Sequence[Token]) -> str:
+def render_tokens(tokens: Sequence[Token], env: dict[str, Any] | None = None) -> str:
     """Sanitized HTML for a run of whole top-level blocks (see streaming.py)."""
-    return SANITIZER.clean(MD.renderer.render(tokens, MD.options, {}))
+    env = {} if env is None else env
+    html = SANITIZER.clean(MD.renderer.render(tokens, MD.options, env))
+    if _STABLE_CODE in env:
+        html = html.replace(_STABLE_MARKER, _stable_code(*env[_STABLE_CODE]), 1)
+    return html
+
+
+@lru_cache(maxsize=8)
+def _stable_code(code: str, lang: str) -> str:
+    return SANITIZER.clean(highlighted(code, lang))
 
 
 def render_uncached(text: str) -> str:

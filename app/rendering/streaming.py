@@ -7,8 +7,9 @@ block is closed for good once a later line has started another block at the top 
 piece that completes a line, the complete lines are parsed; every top-level block but the
 last is rendered once and frozen, and only the tail (the last block and the unfinished
 line) is rendered again per piece. An unclosed code fence in the tail renders as a code
-block, as CommonMark reads it; a half-typed fence marker on the last line is held back so
-it never flashes as backticks. Concatenating every frozen part and the tail after
+block, as CommonMark reads it; its complete lines are highlighted once and only its last
+line per piece (markdown._fence). A half-typed fence marker on the last line is
+held back so it never flashes as backticks. Concatenating every frozen part and the tail after
 `finish()` gives exactly `render(full_text)`.
 
 How a live page applies it. A streaming reply's body holds two containers,
@@ -29,7 +30,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from app.rendering.markdown import parse, render_tokens, render_uncached
+from markdown_it.token import Token
+
+from app.rendering.markdown import GROWING_FENCE, parse, render_tokens, render_uncached
 
 # An unfinished last line that may be becoming a code fence: ` `` ~ ~~ after up to 3 spaces.
 _FENCE_PREFIX = re.compile(r"(?:^|(?<=\n)) {0,3}(?:`{1,2}|~{1,2})\Z")
@@ -73,7 +76,7 @@ class StreamingMarkdown:
         piece = self._newlines(piece)
         self._tail += piece
         appended = self._freeze() if "\n" in piece else ""
-        self._tail_html = render_uncached(_without_fence_prefix(self._tail))
+        self._tail_html = _render_tail(_without_fence_prefix(self._tail))
         return Update(appended, self._tail_html)
 
     def finish(self) -> Update:
@@ -120,6 +123,23 @@ def _line_offset(text: str, line: int) -> int:
     for _ in range(line):
         offset = text.index("\n", offset) + 1
     return offset
+
+
+def _render_tail(tail: str) -> str:
+    tokens = parse(tail)
+    fence = _open_fence(tokens)
+    return render_tokens(tokens, {GROWING_FENCE: fence} if fence else None)
+
+
+def _open_fence(tokens: list[Token]) -> Token | None:
+    """The fence still waiting for its closing line, if any: it runs to the end of the text."""
+    fence = next((t for t in reversed(tokens) if t.nesting == 0), None)
+    if fence is None or fence.type != "fence" or fence.map is None:
+        return None
+    if fence.content and not fence.content.endswith("\n"):
+        return fence  # its last line is still being written
+    # Lines of the block = opening line + content lines (+ the closing line, if there is one).
+    return fence if fence.map[1] - fence.map[0] == 1 + fence.content.count("\n") else None
 
 
 def _without_fence_prefix(tail: str) -> str:
