@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import codecs
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import llama_cpp
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from app.inference.engine import (
-    ContextTooLong,
     Finished,
     ModelInfo,
     PreparedPrompt,
@@ -20,14 +16,7 @@ from app.inference.engine import (
     Token,
     Turn,
 )
-
-# Used when a GGUF carries no chat template of its own.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
-    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-MIN_REPLY_TOKENS = 16
+from app.inference.prompting import ChatPrompter
 
 
 class LlamaEngine:
@@ -38,49 +27,19 @@ class LlamaEngine:
             model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads,
             n_gpu_layers=n_gpu_layers, verbose=False,
         )
-        template = self._llm.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
         model = self._llm._model
-        self._formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=model.token_get_text(self._llm.token_eos()),
-            bos_token=model.token_get_text(self._llm.token_bos()),
-            add_generation_prompt=True,
-        )
+        self._prompter = ChatPrompter(model, self._llm.n_ctx())
         self._vocab = model.vocab
-        digest = hashlib.sha256(template.encode()).hexdigest()[:12]
-        source = "gguf" if "tokenizer.chat_template" in self._llm.metadata else "chatml"
         self.info = ModelInfo(
             id=model_path.stem,
             path=str(model_path),
             size_bytes=model_path.stat().st_size,
             n_ctx=self._llm.n_ctx(),
-            prompt_template=f"{source}:{digest}",
+            prompt_template=self._prompter.template_id,
         )
 
-    def _tokens(self, turns: list[Turn]) -> list[int]:
-        messages: Any = [{"role": t.role, "content": t.content} for t in turns]
-        rendered = self._formatter(messages=messages)
-        # The template writes any BOS itself, so the tokenizer must not add another.
-        return self._llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
-
     def prepare(self, system_prompt: str, history: list[Turn], max_tokens: int) -> PreparedPrompt:
-        system = [Turn("system", system_prompt)] if system_prompt else []
-        turns, dropped = list(history), 0
-        while True:
-            tokens = self._tokens(system + turns)
-            if len(tokens) + max_tokens <= self.info.n_ctx or len(turns) <= 1:
-                break
-            # Drop the oldest turn, and any assistant turns left leading the conversation.
-            turns, dropped = turns[1:], dropped + 1
-            while len(turns) > 1 and turns[0].role != "user":
-                turns, dropped = turns[1:], dropped + 1
-        budget = min(max_tokens, self.info.n_ctx - len(tokens))
-        if budget < min(MIN_REPLY_TOKENS, max_tokens):
-            raise ContextTooLong(
-                f"The message needs {len(tokens)} tokens, but the model's context holds "
-                f"{self.info.n_ctx} including the reply. Shorten the message or the system prompt."
-            )
-        return PreparedPrompt(tokens=tokens, dropped_turns=dropped, max_tokens=budget)
+        return self._prompter.fit(system_prompt, history, max_tokens)
 
     def stream(self, prompt: PreparedPrompt, params: SamplingParams) -> Iterator[Token | Finished]:
         # Byte-level tokens can split a Hangul syllable; the decoder holds the partial bytes.
