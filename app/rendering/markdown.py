@@ -6,7 +6,7 @@ Decisions (all of them apply equally to a fresh page load and to a streaming rep
 - Links: only http, https and mailto. Anything else (javascript:, data:, relative paths)
   is not made a link and stays visible as its source text. Links open in a new tab
   (a reply streams; following a link must not leave the page) with
-  rel="noopener noreferrer nofollow". Bare URLs become links (GFM autolinks).
+  rel="noopener noreferrer nofollow". Bare URLs become links.
 - Images are never loaded: a remote image is a request the reader did not ask for, and an
   image URL written by a model can carry conversation text to a third party. An image
   renders as a link to its URL, labelled with its alt text (class "md-image").
@@ -14,7 +14,9 @@ Decisions (all of them apply equally to a fresh page load and to a streaming rep
   anywhere in the text and change blocks that came before it, which would make a block
   that already streamed out differ from the final render. They show as plain text.
 - GFM tables, ~~strikethrough~~ (double tilde only: "~5분" stays as written), task lists
-  (disabled checkboxes); single newlines are line breaks, as in chat messages.
+  (disabled checkboxes; markdown-it-py's own `tasklists` option, which since 4.1 replaces
+  mdit-py-plugins' tasklists plugin), bare-URL autolinks (mdit-py-plugins' gfm_autolink,
+  no linkify-it needed); single newlines are line breaks, as in chat messages.
 - Code: fenced and indented blocks go through app/rendering/code.py.
 """
 
