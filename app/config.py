@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     max_system_prompt_chars: int = 8_000
     max_tokens_limit: int = 4_096
     max_body_bytes: int = 5 * 1024 * 1024
+    max_import_messages: int = Field(default=2_000, ge=1)  # per imported chat
+    max_import_chats: int = Field(default=500, ge=1)  # per imported file
 
     # Defaults for a new chat session.
     default_system_prompt: str = "You are a helpful assistant."

@@ -172,6 +172,19 @@ class ChatApplication(Application[UUID]):
             session.queue_reply(reply_id, message_id, queue_position)
             return message_id, reply_id, self._save(session)
 
+    def import_session(
+        self, owner_id: UUID, title: str, config: dict[str, Any],
+        messages: list[dict[str, Any]], source: str,
+    ) -> tuple[UUID, int]:
+        """A new session holding an imported conversation, recorded in one save.
+
+        Each message is {role, content, timestamp, status, token_count, processing_time,
+        metadata}, already validated; nothing is queued or generated."""
+        with self._lock:
+            session = ChatSession(owner_id=owner_id, title=title, config=config)
+            session.import_messages(messages, source)
+            return session.id, self._save(session)
+
     # -- replies (the inference actor's commands) -----------------------------------------
 
     def change_reply(self, session_id: UUID, change: Callable[[ChatSession], None]) -> int:

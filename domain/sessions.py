@@ -10,7 +10,7 @@ reply as at its 10,000th.
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate, event
 
@@ -98,6 +98,33 @@ class ChatSession(Aggregate):
     @event("UserMessagePosted")
     def _post_user_message(self, message_id: UUID, content: str) -> None:
         self.last_user_message_id = message_id
+
+    def import_messages(self, messages: list[dict[str, Any]], source: str) -> None:
+        """Record a conversation brought from a file, one event per message, each with a
+        fresh id (a file's ids are never trusted) and its original time. An assistant
+        message answers the user message before it, as a reply would; one with none
+        before it answers itself, so the history a later reply reads keeps it."""
+        answering: UUID | None = None
+        for message in messages:
+            message_id = uuid4()
+            if message["role"] == "user":
+                answering = message_id
+            self._import_message(
+                message_id=message_id, source=source, role=message["role"],
+                content=message["content"], sent_at=message["timestamp"],
+                status=message["status"], token_count=message["token_count"],
+                processing_time=message["processing_time"], metadata=message["metadata"],
+                in_reply_to=None if message["role"] == "user" else (answering or message_id),
+            )
+
+    @event("MessageImported")
+    def _import_message(
+        self, message_id: UUID, source: str, role: str, content: str, sent_at: str,
+        status: str, token_count: int | None, processing_time: float | None,
+        metadata: dict[str, Any], in_reply_to: UUID | None,
+    ) -> None:
+        if role == "user":
+            self.last_user_message_id = message_id
 
     @event("ReplyQueued")
     def queue_reply(self, reply_id: UUID, in_reply_to: UUID, queue_position: int) -> None:

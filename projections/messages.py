@@ -43,6 +43,17 @@ class MessagesProjection(Projection):
             (str(e.message_id), str(e.originator_id), pos, e.content, iso(e.timestamp)),
         )
 
+    def on_ChatSession_MessageImported(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+        # The message's own time from the file, not the import's.
+        db.execute(
+            "INSERT INTO messages (id, session_id, position, role, content, timestamp, status,"
+            " token_count, processing_time, metadata, in_reply_to)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (str(e.message_id), str(e.originator_id), pos, e.role, e.content, e.sent_at,
+             e.status, e.token_count, e.processing_time, _json(e.metadata),
+             str(e.in_reply_to) if e.in_reply_to else None),
+        )
+
     def on_ChatSession_ReplyQueued(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
         db.execute(
             "INSERT INTO messages (id, session_id, position, role, content, timestamp, status,"

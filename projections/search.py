@@ -67,6 +67,9 @@ class SearchProjection(Projection):
     def on_ChatSession_UserMessagePosted(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
         self._index(db, e, pos, str(e.message_id), "user", e.content)
 
+    def on_ChatSession_MessageImported(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+        self._index(db, e, pos, str(e.message_id), e.role, e.content)
+
     def on_ChatSession_ReplyCompleted(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
         self._index(db, e, pos, str(e.reply_id), "assistant", e.content)
 

@@ -60,6 +60,9 @@ class SessionsProjection(Projection):
     def on_ChatSession_ReplyQueued(self, db: sqlite3.Connection, e: Any, _: int) -> None:
         self._touch(db, e, "message_count = message_count + 1")
 
+    def on_ChatSession_MessageImported(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+        self._touch(db, e, "message_count = message_count + 1")
+
 
 SUMMARY = "s.id, s.title, s.created_at, s.updated_at, s.message_count"
 
