@@ -13,9 +13,11 @@ from starlette.responses import Response
 
 from app import errors
 from app.api import admin, auth, exports, health, messages, sessions
+from app.api import profile as profile_api
 from app.config import Settings
 from app.pages import accounts, assets, chat
 from app.pages import exports as exports_page
+from app.pages import profile as profile_page
 from app.pages.errors import page_error
 from app.services import start_services, stop_services
 from app.usecases.errors import UseCaseError
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await stop_services(services)
 
     routes = [
+        *profile_api.routes, *profile_page.routes,
         *exports.routes, *exports_page.routes,  # before the {session_id} routes
         *health.routes, *auth.routes, *sessions.routes, *messages.routes, *admin.routes,
         *accounts.routes, *chat.routes, *assets.routes,

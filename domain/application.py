@@ -110,6 +110,10 @@ class ChatApplication(Application[UUID]):
     def update_profile(self, user_id: UUID, email: str | None, display_name: str | None) -> int:
         return self._change_user(user_id, lambda user: user.update_profile(email, display_name))
 
+    def change_password(self, user_id: UUID, password_hash: str, keep_token: str | None) -> int:
+        return self._change_user(user_id,
+                                 lambda user: user.change_password(password_hash, keep_token))
+
     def _change_user(self, user_id: UUID, change: Callable[[User], None]) -> int:
         with self._lock:
             user = self.get_user(user_id)

@@ -41,6 +41,17 @@ class User(Aggregate):
     def _log_out(self, token_hash: str) -> None:
         self.active_tokens.discard(token_hash)
 
+    def change_password(self, password_hash: str, keep_token: str | None) -> None:
+        """A new password signs the user out everywhere but `keep_token` (the caller's own
+        sign-in, when it is still live): whoever knew the old password is locked out."""
+        kept = keep_token if keep_token in self.active_tokens else None
+        self._change_password(password_hash=password_hash, kept_token=kept)
+
+    @event("PasswordChanged")
+    def _change_password(self, password_hash: str, kept_token: str | None) -> None:
+        self.password_hash = password_hash
+        self.active_tokens = {kept_token} if kept_token else set()
+
     def update_profile(self, email: str | None, display_name: str | None) -> None:
         changes = {
             key: value

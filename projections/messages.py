@@ -247,3 +247,17 @@ async def snapshot(db: aiosqlite.Connection, session_id: str) -> tuple[int, list
             message.pop("applied")
             messages.append(message_view(message))
     return position, messages
+
+
+async def daily_usage(db: aiosqlite.Connection, owner_id: str,
+                      since_day: str) -> dict[str, tuple[int, int]]:
+    """{UTC day "YYYY-MM-DD": (messages, tokens generated)} of the user's chats that are
+    not deleted, from `since_day` on; days without messages are absent."""
+    async with db.execute(
+        "SELECT substr(m.timestamp, 1, 10) AS day, COUNT(*),"
+        " COALESCE(SUM(CASE WHEN m.role = 'assistant' THEN m.token_count END), 0)"
+        " FROM messages m JOIN sessions s ON s.id = m.session_id"
+        " WHERE s.owner_id = ? AND s.deleted = 0 AND m.timestamp >= ? GROUP BY day",
+        (owner_id, since_day),
+    ) as cursor:
+        return {row[0]: (int(row[1]), int(row[2])) for row in await cursor.fetchall()}

@@ -62,6 +62,12 @@ class UsersProjection(Projection):
                 db.execute(f"UPDATE users SET {key} = ? WHERE id = ?",
                            (value, str(e.originator_id)))
 
+    def on_User_PasswordChanged(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+        # Every other sign-in stops: the old password's holder may have made them.
+        db.execute("UPDATE auth_tokens SET revoked_at = ? WHERE user_id = ?"
+                   " AND revoked_at IS NULL AND token_hash IS NOT ?",
+                   (iso(e.timestamp), str(e.originator_id), e.kept_token))
+
     def on_User_Disabled(self, db: sqlite3.Connection, e: Any, _: int) -> None:
         # Every token is revoked, not just hidden: enabling the user later revives none.
         db.execute("UPDATE users SET disabled = 1 WHERE id = ?", (str(e.originator_id),))

@@ -229,3 +229,66 @@
     copyText(code.textContent.replace(/\n$/, '')).then(function () { showCopied(btn); }, function () {});
   });
 })();
+
+/* Theme and keyboard (templates/profile/):
+ *   [data-theme-choice="light|dark|system"]  sets the `theme` cookie (a year) and
+ *       data-theme on <html> at once; the server reads the cookie on the next page.
+ *   Esc        stops the reply being written (clicks its Stop button: htmx, CSRF as usual)
+ *   Ctrl/⌘+K   focuses the sidebar's search box (#search-q), opening the phone drawer
+ *   ?          (outside text fields) toggles the shortcut help popover (#keys-help) */
+(function () {
+  'use strict';
+
+  var YEAR = 365 * 24 * 3600;
+
+  function setTheme(value) {
+    var root = document.documentElement;
+    if (value === 'light' || value === 'dark') {
+      root.setAttribute('data-theme', value);
+      document.cookie = 'theme=' + value + '; path=/; max-age=' + YEAR + '; samesite=lax';
+    } else {
+      root.removeAttribute('data-theme');
+      document.cookie = 'theme=; path=/; max-age=0; samesite=lax';
+    }
+    document.querySelectorAll('[data-theme-choice]').forEach(function (b) {
+      b.setAttribute('aria-pressed', String(b.dataset.themeChoice === (value || 'system')));
+    });
+  }
+
+  document.addEventListener('click', function (e) {
+    var choice = e.target.closest && e.target.closest('[data-theme-choice]');
+    if (choice) setTheme(choice.dataset.themeChoice);
+  });
+
+  function typing(el) {
+    return el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName));
+  }
+
+  document.addEventListener('keydown', function (e) {
+    if (e.isComposing || e.keyCode === 229) return;   // an IME is composing (Korean)
+    if (e.key === 'Escape') {
+      // Esc first closes what is open (the drawer, a popover); only then stops a reply.
+      if (document.querySelector('.shell--nav-open, :popover-open')) return;
+      var stop = document.querySelector(
+        'article[data-status="streaming"] [hx-post$="/cancel"],' +
+        ' article[data-status="queued"] [hx-post$="/cancel"]');
+      if (stop) { e.preventDefault(); stop.click(); }
+      return;
+    }
+    if ((e.ctrlKey || e.metaKey) && !e.altKey && !e.shiftKey && (e.key === 'k' || e.key === 'K')) {
+      var box = document.getElementById('search-q');
+      if (!box) return;
+      e.preventDefault();
+      var shell = document.querySelector('.shell');
+      var sidebar = document.getElementById('sidebar');
+      if (shell && sidebar && sidebar.offsetParent === null) shell.classList.add('shell--nav-open');
+      box.focus();
+      box.select();
+      return;
+    }
+    if (e.key === '?' && !e.ctrlKey && !e.metaKey && !typing(e.target)) {
+      var help = document.getElementById('keys-help');
+      if (help && help.togglePopover) { e.preventDefault(); help.togglePopover(); }
+    }
+  });
+})();
