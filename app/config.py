@@ -16,6 +16,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data")
     model_path: Path = DEFAULT_MODEL
+    models_dir: Path = Path("models")  # every *.gguf here is listed (the model registry)
+    model_paths: str = ""  # more GGUF files or directories, separated by commas or colons
     n_ctx: int = Field(default=4096, ge=256)
     n_threads: int = Field(default=2, ge=1)
     n_gpu_layers: int = Field(default=0, ge=-1)
@@ -42,6 +44,14 @@ class Settings(BaseSettings):
     generation_timeout: float = Field(default=300.0, gt=0)
     token_flush_interval: float = Field(default=0.05, gt=0)
     token_flush_count: int = Field(default=8, ge=1)
+
+    # Engine tuning (the batching engine reads these): replies decoded together, prompt
+    # tokens per decode call, how the weights are mapped, flash attention (None: auto).
+    n_parallel: int = Field(default=4, ge=1)
+    n_batch: int = Field(default=256, ge=1)
+    use_mmap: bool = True
+    use_mlock: bool = False
+    flash_attn: bool | None = None
 
     # Security.
     token_ttl_days: int = Field(default=30, ge=1)

@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app import errors
-from app.api import admin, auth, exports, health, messages, sessions
+from app.api import admin, auth, exports, health, llm, messages, openai_compat, sessions
+from app.api import metrics as metrics_api
 from app.api import profile as profile_api
 from app.config import Settings
 from app.pages import accounts, assets, chat
@@ -31,6 +33,8 @@ def is_api(request: Request) -> bool:
 
 async def on_use_case_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, UseCaseError)
+    if openai_compat.is_openai(request):
+        return await openai_compat.openai_error(request, exc)
     if is_api(request):
         return await errors.use_case_error(request, exc)
     return page_error(request, errors.status_of(exc), exc.message, errors.headers_of(exc))
@@ -38,6 +42,8 @@ async def on_use_case_error(request: Request, exc: Exception) -> Response:
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if openai_compat.is_openai(request):
+        return await openai_compat.openai_error(request, exc)
     if is_api(request):
         return await errors.http_error(request, exc)
     return page_error(request, exc.status_code, str(exc.detail), dict(exc.headers or {}))
@@ -59,11 +65,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *profile_api.routes, *profile_page.routes,
         *exports.routes, *exports_page.routes,  # before the {session_id} routes
         *health.routes, *auth.routes, *sessions.routes, *messages.routes, *admin.routes,
+        *llm.routes, *openai_compat.routes, *metrics_api.routes,
         *accounts.routes, *chat.routes, *assets.routes,
     ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(metrics_api.SseClientsMiddleware)],
         exception_handlers={
             UseCaseError: on_use_case_error,
             HTTPException: on_http_error,

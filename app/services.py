@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -18,6 +19,8 @@ from app.conversations import ConversationReader
 from app.event_log import EventLog
 from app.inference.actor import InferenceActor, Tuning
 from app.inference.llama_engine import LlamaEngine
+from app.inference.registry import ModelRegistry, parse_paths
+from app.metrics import Metrics
 from app.security import LoginLimiter, load_secret
 from app.usecases.errors import Unavailable
 from app.watch import PositionWatch
@@ -55,6 +58,7 @@ class Services:
     login_limiter: LoginLimiter
     secret: bytes
     actor_task: asyncio.Task[None] | None = None
+    metrics: Metrics | None = None
 
     async def command(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a domain command in a worker thread (the event store is synchronous)."""
@@ -64,6 +68,11 @@ class Services:
         """Wait until the read models include `position`, so the caller reads its own write."""
         if not await self.applied.wait_until(position, SETTLE_TIMEOUT):
             raise Unavailable("read_models_behind", "The server is busy; try again.", 1)
+
+    @cached_property
+    def models(self) -> ModelRegistry:
+        s = self.settings
+        return ModelRegistry(s.models_dir, parse_paths(s.model_paths), s.model_path)
 
     @property
     def model_loaded(self) -> bool:
@@ -106,6 +115,8 @@ async def start_services(settings: Settings) -> Services:
     await interrupt_open_replies(services)
     await load_model(services)
     services.actor_task = asyncio.create_task(actor.run(), name="inference-actor")
+    services.metrics = Metrics()
+    services.metrics.start(services)
     return services
 
 
@@ -140,6 +151,8 @@ async def load_model(services: Services) -> None:
 
 
 async def stop_services(services: Services) -> None:
+    if services.metrics is not None:
+        await services.metrics.stop()
     if services.actor_task is not None:
         services.actor.shutdown()
         services.actor_task.cancel()

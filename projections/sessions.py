@@ -86,7 +86,10 @@ async def list_sessions(
     db: aiosqlite.Connection, owner_id: str, q: str = "", limit: int = 50
 ) -> list[dict[str, Any]]:
     params: list[Any] = [owner_id]
-    where = "s.owner_id = ? AND s.deleted = 0"
+    # Sessions the LLM API opened for one generation (config origin "api") are not chats
+    # the user started: they stay out of the list, readable by id for audit.
+    where = ("s.owner_id = ? AND s.deleted = 0"
+             " AND COALESCE(json_extract(s.config, '$.origin'), '') != 'api'")
     if q:
         where += (
             " AND (s.title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m"

@@ -1,0 +1,118 @@
+"""The LLM API (API.md "LLM"): the model list, and generation recorded like a chat reply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.server import ROOT, Api, assert_error, sse_events
+
+MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
+MODEL_FILE = ROOT / "models" / f"{MODEL_ID}.gguf"
+PROMPT = "한국의 수도는 어디인가요? 한 문장으로 답하세요."
+
+
+def completed_event(admin: Api, after: int, content: str) -> dict[str, Any]:
+    found = [e for e in admin.events(type="ReplyCompleted", after=after)
+             if e["data"]["content"] == content]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def started_config(admin: Api, session_id: str) -> dict[str, Any]:
+    [started] = admin.events(type="ChatSession.Started", originator_id=session_id)
+    return dict(started["data"]["config"])
+
+
+def test_models_lists_the_loaded_default_model_from_its_file(user: Api) -> None:
+    response = user.get("/api/llm/models/")
+    assert response.status_code == 200, response.text
+    models = response.json()
+    [model] = [m for m in models if m["id"] == MODEL_ID]
+    assert set(model) == {"id", "path", "size_bytes", "n_ctx", "loaded", "default"}
+    assert model["loaded"] is True and model["default"] is True
+    assert model["size_bytes"] == MODEL_FILE.stat().st_size
+    assert Path(ROOT / model["path"]).resolve() == MODEL_FILE.resolve()
+    assert model["n_ctx"] == 4096  # N_CTX, below the 8192 the file was trained for
+    assert models[0]["id"] == MODEL_ID  # the default first
+    assert sum(m["loaded"] for m in models) == 1
+
+
+def test_models_needs_a_token(anon: Api) -> None:
+    assert_error(anon.get("/api/llm/models/"), 401)
+
+
+def test_generate_answers_and_is_recorded_as_a_hidden_chat_reply(user: Api, admin: Api) -> None:
+    before = admin.quiet_head()
+    response = user.post("/api/llm/generate/", json={
+        "prompt": PROMPT, "max_tokens": 12, "temperature": 0, "top_p": 0.9})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"text", "token_count", "processing_time", "model"}
+    assert isinstance(body["text"], str) and body["text"]
+    assert 1 <= body["token_count"] <= 12
+    assert body["processing_time"] > 0 and body["model"] == MODEL_ID
+    completed = completed_event(admin, before, body["text"])
+    assert completed["data"]["token_count"] == body["token_count"]
+    params = completed["data"]["model_params"]
+    assert (params["max_tokens"], params["temperature"], params["top_p"]) == (12, 0.0, 0.9)
+    session_id = completed["originator_id"]
+    [posted] = admin.events(type="UserMessagePosted", originator_id=session_id)
+    assert posted["data"]["content"] == PROMPT
+    config = started_config(admin, session_id)
+    assert config["origin"] == "api" and config["api"] == "generate"
+    # Not one of the user's chats, but theirs to read by id.
+    assert session_id not in [s["id"] for s in user.get("/api/sessions/").json()]
+    messages = user.get(f"/api/sessions/{session_id}/messages/").json()
+    assert [m["content"] for m in messages] == [PROMPT, body["text"]]
+    assert user.get(f"/api/sessions/{session_id}/").status_code == 200
+
+
+def test_generate_streams_tokens_then_done(user: Api, admin: Api) -> None:
+    before = admin.quiet_head()
+    with user.http.stream("POST", "/api/llm/generate/", json={
+            "prompt": "서울에 대해 짧게 알려 주세요.", "max_tokens": 10, "stream": True}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = list(sse_events(r))
+    names = [e["event"] for e in events]
+    assert names[-1] == "done" and set(names[:-1]) == {"token"}, names
+    ids = [int(e["id"]) for e in events]
+    assert ids == sorted(ids) and ids[0] > before
+    tokens = [e["data"] for e in events[:-1]]
+    assert [t["index"] for t in tokens] == list(range(len(tokens)))
+    done = events[-1]["data"]
+    assert "".join(t["text"] for t in tokens) == done["content"]
+    assert done["finish_reason"] in ("stop", "length") and 1 <= done["token_count"] <= 10
+    assert {t["reply_id"] for t in tokens} == {done["reply_id"]}
+    assert completed_event(admin, before, done["content"])["data"]["reply_id"] == done["reply_id"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "prompt"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": 7}, "prompt"),
+    ({"prompt": "안녕", "temperature": 2.5}, "temperature"),
+    ({"prompt": "안녕", "top_p": -0.1}, "top_p"),
+    ({"prompt": "안녕", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "안녕", "max_tokens": 10**6}, "max_tokens"),
+    ({"prompt": "안녕", "stream": "yes"}, "stream"),
+])
+def test_generate_refuses_bad_input_and_records_nothing(
+        user: Api, admin: Api, body: dict[str, Any], field: str) -> None:
+    before = admin.quiet_head()
+    assert_error(user.post("/api/llm/generate/", json=body), 400, field=field)
+    assert admin.head() == before
+
+
+def test_generate_needs_a_token(anon: Api) -> None:
+    assert_error(anon.post("/api/llm/generate/", json={"prompt": "안녕"}), 401)
+
+
+def test_hidden_sessions_stay_out_of_the_list_but_chats_do_not(user: Api) -> None:
+    chat = user.new_session(title="내 대화")
+    assert user.post("/api/llm/generate/", json={"prompt": "하나", "max_tokens": 1}
+                     ).status_code == 200
+    assert [s["id"] for s in user.get("/api/sessions/").json()] == [chat["id"]]
