@@ -305,3 +305,93 @@ def test_imported_messages_are_found_by_search(user: Api) -> None:
         pytest.skip("the search API is not wired in this tree")
     assert response.status_code == 200, response.text
     assert session["id"] in json.dumps(response.json())
+
+
+# -- the page: no-JavaScript form post, and the buttons in a real browser --------------------
+
+
+def test_the_import_form_without_javascript_posts_the_whole_file(
+    user: Api, admin: Api
+) -> None:
+    raw = (FIXTURES / "openwebui-export.json").read_bytes()
+    files = {"file": ("내보내기.json", raw, "application/json")}
+    response = user.post("/chats/import", files=files, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    assert response.headers["location"].startswith("/chats/")
+    titles = [s["title"] for s in user.get("/api/sessions/").json()]
+    assert titles[:2] == ["Python 질문", "서울 여행 계획"]  # newest first
+    # A browser's cookie session must send the form's CSRF field.
+    cookie_only = Api(user.url)
+    cookie_only.http.cookies.set("session", user.token or "")
+    before = admin.quiet_head()
+    refused = cookie_only.post("/chats/import", files=files, data={"csrf": "wrong"},
+                               follow_redirects=False)
+    assert refused.status_code == 403
+    assert admin.head() == before
+
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+# Records every text the import status line shows, in order.
+WATCH_STATUS = """() => {
+  window.seenStatus = [];
+  const status = document.getElementById('import-status');
+  new MutationObserver(() => window.seenStatus.push(status.textContent))
+    .observe(status, {childList: true, characterData: true, subtree: true});
+}"""
+
+
+def test_export_and_import_through_the_buttons(server: Any, user: Api, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    session = import_(user, valid_document())
+    many = []
+    for number in range(1, 13):
+        chat = json.loads((FIXTURES / "openwebui-export.json").read_text())[1]
+        chat["title"] = f"가져온 대화 {number}"
+        many.append(chat)
+    upload = tmp_path / "openwebui-12.json"
+    upload.write_text(json.dumps(many, ensure_ascii=False), encoding="utf-8")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 860},
+                                      accept_downloads=True)
+        context.add_cookies([{"name": "session", "value": user.token or "",
+                              "url": server.url}])
+        page = context.new_page()
+        page.goto(f"{server.url}/chats/{session['id']}")
+
+        page.click("#export-menu summary")
+        with page.expect_download() as download_info:
+            page.click("#export-json")
+        download = download_info.value
+        assert download.suggested_filename == "가져오기.json"
+        downloaded = json.loads(Path(download.path()).read_text(encoding="utf-8"))
+        assert same_content(downloaded) == same_content(export(user, session["id"]))
+        with page.expect_download() as download_info:
+            page.click("#export-markdown")
+        markdown = Path(download_info.value.path()).read_text(encoding="utf-8")
+        assert markdown.startswith("# 가져오기\n") and "질문" in markdown
+
+        page.evaluate(WATCH_STATUS)
+        page.set_input_files("#import-file", str(upload))
+        page.click("#import-submit")
+        expect(page.locator("#import-status")).to_have_text("Imported 12 chats.",
+                                                            timeout=30_000)
+        seen = page.evaluate("window.seenStatus")
+        progress = [text for text in seen if text.startswith("Importing")]
+        assert progress == [f"Importing… {n} / 12" for n in range(1, 13)]
+        items = page.locator("#session-list .session-item__link")
+        expect(items.first).to_have_text("가져온 대화 12")
+        expect(items).to_have_text([f"가져온 대화 {n}" for n in range(12, 0, -1)]
+                                   + ["가져오기"])
+        items.nth(5).click()  # 가져온 대화 7: the items work as links
+        page.wait_for_url("**/chats/*")
+        expect(page.locator("article.message--user .message__body")).to_have_text(
+            "리스트를 뒤집는 방법은?")
+        page.screenshot(path=str(tmp_path / "import.png"))
+        context.close()
+        browser.close()

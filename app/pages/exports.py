@@ -8,18 +8,27 @@ imported and add it to the sidebar; each request answers the new chats' sidebar 
 
 from __future__ import annotations
 
+import hmac
+
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from app.auth import require_user, services_of
+from app.auth import optional_user, require_user, services_of
 from app.downloads import download, parse_json
 from app.errors import status_of
 from app.http_input import read_body
 from app.pages.render import fragment
+from app.security import csrf_token
 from app.usecases import exports
-from app.usecases.errors import InvalidInput, TooLarge, UseCaseError
+from app.usecases.errors import (
+    Forbidden,
+    InvalidInput,
+    NotAuthenticated,
+    TooLarge,
+    UseCaseError,
+)
 
 
 async def export(request: Request) -> Response:
@@ -29,13 +38,22 @@ async def export(request: Request) -> Response:
 
 
 async def import_file(request: Request) -> Response:
-    user = await require_user(request)
     services = services_of(request)
     limit = services.settings.max_body_bytes
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        _source, sessions = await exports.import_document(
-            services, user["id"], parse_json(await _uploaded(request, limit)))
+        user = await optional_user(request)
+        if user is None:
+            raise NotAuthenticated("Sign in first.")
+        raw, sent_csrf = await _uploaded(request, limit)
+        # A plain form cannot send the CSRF header, so the token travels as a field.
+        expected = csrf_token(services.secret, user["token"])
+        if user["via_cookie"] and not hmac.compare_digest(sent_csrf.encode(), expected.encode()):
+            raise Forbidden("The CSRF token is missing or wrong; reload the page.",
+                            code="csrf_failed")
+        _source, sessions = await exports.import_document(services, user["id"],
+                                                          parse_json(raw))
         return RedirectResponse(f"/chats/{sessions[0]['id']}" if sessions else "/chats", 303)
+    user = await require_user(request)
     # One chat from the page's script: the answer is its sidebar item, or the problem as
     # plain text for the progress line.
     try:
@@ -48,15 +66,16 @@ async def import_file(request: Request) -> Response:
     return HTMLResponse(items, 201)
 
 
-async def _uploaded(request: Request, limit: int) -> bytes:
+async def _uploaded(request: Request, limit: int) -> tuple[bytes, str]:
+    """(the file's bytes, the form's CSRF field) of a multipart form within the limit."""
     declared = request.headers.get("content-length")
     if not declared or not declared.isdigit() or int(declared) > limit:
         raise TooLarge(f"The request body is larger than {limit} bytes.")
-    async with request.form(max_files=1, max_part_size=limit) as form:
-        upload = form.get("file")
+    async with request.form(max_files=1, max_fields=10, max_part_size=limit) as form:
+        upload, sent_csrf = form.get("file"), form.get("csrf")
         if not isinstance(upload, UploadFile):
             raise InvalidInput("file", "choose a file to import.")
-        return await upload.read()
+        return await upload.read(), sent_csrf if isinstance(sent_csrf, str) else ""
 
 
 routes = [

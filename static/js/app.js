@@ -292,3 +292,100 @@
     }
   });
 })();
+
+/* Chat import with progress (app/pages/exports.py):
+ *   <form data-import> with a file input and [data-import-status]
+ * The file is read here and sent one chat per request (a list of chats from Open WebUI or
+ * ChatGPT is split; LocalChat's own document is one chat), so the page can say "3 / 12"
+ * and add each new chat to the sidebar as the server answers its item. A chat the server
+ * refuses stops the import there, saying which one and why; the chats before it stay.
+ * Without fetch the form posts the whole file and the server imports it at once. */
+(function () {
+  'use strict';
+
+  function csrf() {
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.content : '';
+  }
+
+  function say(status, text, isError) {
+    status.textContent = text;
+    status.classList.toggle('import-form__status--error', !!isError);
+  }
+
+  function addToSidebar(html) {
+    var list = document.getElementById('session-list');
+    if (!list) {
+      var empty = document.querySelector('.session-list__empty');
+      if (!empty) return;
+      list = document.createElement('ul');
+      list.className = 'session-list__items';
+      list.id = 'session-list';
+      empty.replaceWith(list);
+    }
+    var holder = document.createElement('ul');
+    holder.innerHTML = html;                          // the server's own rendered items
+    Array.prototype.slice.call(holder.children).reverse().forEach(function (item) {
+      list.insertBefore(item, list.firstChild);
+      if (window.htmx) htmx.process(item);
+    });
+  }
+
+  function postChat(chat) {
+    return fetch('/chats/import', {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf() },
+      body: JSON.stringify(chat)
+    }).then(function (response) {
+      return response.text().then(function (text) {
+        if (!response.ok) throw new Error(text || ('HTTP ' + response.status));
+        return text;
+      });
+    });
+  }
+
+  document.addEventListener('submit', function (e) {
+    var form = e.target;
+    if (!form.matches || !form.matches('form[data-import]') || !window.fetch) return;
+    var input = form.querySelector('input[type="file"]');
+    var status = form.querySelector('[data-import-status]');
+    var file = input && input.files && input.files[0];
+    if (!file || !status) return;
+    e.preventDefault();
+    var button = form.querySelector('[type="submit"]');
+    if (button) button.disabled = true;
+    var done = function () { if (button) button.disabled = false; form.reset(); };
+    file.text().then(function (text) {
+      var document_;
+      try { document_ = JSON.parse(text); } catch (err) {
+        say(status, 'This file is not JSON.', true);
+        done();
+        return;
+      }
+      // Each chat of a list goes as a list of one, so the server still sees its format.
+      var chats = Array.isArray(document_) && document_.length
+        ? document_.map(function (chat) { return [chat]; }) : [document_];
+      var total = chats.length;
+      var index = 0;
+      var next = function () {
+        if (index === total) {
+          say(status, 'Imported ' + total + (total === 1 ? ' chat.' : ' chats.'), false);
+          done();
+          return;
+        }
+        say(status, 'Importing… ' + (index + 1) + ' / ' + total, false);
+        postChat(chats[index]).then(function (items) {
+          addToSidebar(items);
+          index += 1;
+          next();
+        }, function (err) {
+          say(status, 'Chat ' + (index + 1) + ' of ' + total + ' was not imported: ' +
+              err.message + ' (' + index + ' imported)', true);
+          done();
+        });
+      };
+      next();
+    });
+  });
+})();
