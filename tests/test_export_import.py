@@ -395,3 +395,71 @@ def test_export_and_import_through_the_buttons(server: Any, user: Api, tmp_path:
         page.screenshot(path=str(tmp_path / "import.png"))
         context.close()
         browser.close()
+
+
+# -- the event and the read models, without a server ----------------------------------------
+
+
+def test_imported_messages_rebuild_identically_and_feed_the_next_reply(tmp_path: Path) -> None:
+    """One MessageImported per message, past a snapshot (every 100 events): the read models
+    hold the original times in order, a rebuild writes the same rows, the aggregate stays
+    thin, and a later reply's history includes the imported turns."""
+    import sqlite3
+    from uuid import uuid4
+
+    from projections.messages import history_before
+    from projections.runner import ProjectionRunner
+    from tests.test_domain import CONFIG, make_app
+    from tests.test_projections import dump
+
+    chat = make_app(tmp_path / "events.sqlite")
+    messages = []
+    for n in range(75):
+        for role in ("user", "assistant"):
+            messages.append({
+                "role": role, "content": f"{role} {n} 한국어", "status": "complete",
+                "timestamp": f"2025-03-01T10:{n // 60:02d}:{n % 60:02d}.000000Z",
+                "token_count": 0 if role == "user" else n, "processing_time": None,
+                "metadata": {} if role == "user" else {"finish_reason": "stop"},
+            })
+    owner = uuid4()
+    session_id, _ = chat.import_session(owner, "가져온 긴 대화", CONFIG, messages, "localchat")
+    path = tmp_path / "read.sqlite"
+    runner = ProjectionRunner(chat, path)
+    try:
+        runner.catch_up()
+        db = sqlite3.connect(path)
+        stored = db.execute("SELECT id, role, content, timestamp, status, token_count FROM"
+                            " messages WHERE session_id = ? ORDER BY position",
+                            (str(session_id),)).fetchall()
+        assert [(r[1], r[2], r[3], r[5]) for r in stored] == [
+            (m["role"], m["content"], m["timestamp"], m["token_count"]) for m in messages]
+        count = db.execute("SELECT message_count FROM sessions WHERE id = ?",
+                           (str(session_id),)).fetchone()[0]
+        assert count == 150
+        indexed = db.execute("SELECT COUNT(*) FROM search_messages WHERE session_id = ?",
+                             (str(session_id),)).fetchone()[0]
+        assert indexed == 150
+
+        before = dump(path)
+        for name in runner.names:
+            runner.request_rebuild(name)
+            runner.catch_up()
+            assert dump(path) == before, f"rebuilding {name} changed the read model"
+
+        # Loaded again (from the snapshot at version 100): only the thin state.
+        reloaded = make_app(tmp_path / "events.sqlite")
+        session = reloaded.get_session(session_id, owner)
+        assert session.open == {} and session.title == "가져온 긴 대화"
+        assert str(session.last_user_message_id) == stored[-2][0]
+        reloaded.close()
+
+        _message, reply_id, _position = chat.regenerate(session_id, owner, 0)
+        runner.catch_up()
+        turns = history_before(db, str(session_id), str(reply_id), 10**9)
+        # Every imported turn except the answer the new reply replaces.
+        assert [t[2] for t in turns] == [m["content"] for m in messages[:-1]]
+        db.close()
+    finally:
+        runner.stop()
+        chat.close()
