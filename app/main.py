@@ -18,6 +18,7 @@ from app.api import metrics as metrics_api
 from app.api import profile as profile_api
 from app.config import Settings
 from app.pages import accounts, assets, chat
+from app.pages import admin as admin_pages
 from app.pages import exports as exports_page
 from app.pages import profile as profile_page
 from app.pages.errors import page_error
@@ -66,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *exports.routes, *exports_page.routes,  # before the {session_id} routes
         *health.routes, *auth.routes, *sessions.routes, *messages.routes, *admin.routes,
         *llm.routes, *openai_compat.routes, *metrics_api.routes,
-        *accounts.routes, *chat.routes, *assets.routes,
+        *accounts.routes, *chat.routes, *assets.routes, *admin_pages.routes,
     ]
     return Starlette(
         routes=routes,

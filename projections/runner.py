@@ -72,6 +72,8 @@ class ProjectionRunner:
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._rebuilds: set[str] = set()
+        # name -> position a running rebuild has reached (read by the admin pages).
+        self.rebuild_progress: dict[str, int] = {}
         self._rebuilds_lock = threading.Lock()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -191,6 +193,7 @@ class ProjectionRunner:
             self._rebuilds.clear()
         if not names:
             return
+        self.rebuild_progress = dict.fromkeys(names, 0)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for name in names:
@@ -201,6 +204,7 @@ class ProjectionRunner:
                 positions, notifications = self._next_batch()
                 if notifications:
                     self._apply(positions, notifications)
+                    self.rebuild_progress = dict.fromkeys(names, notifications[-1].id)
                 if len(notifications) < BATCH_SIZE:
                     break
             self._db.execute("COMMIT")
@@ -209,6 +213,8 @@ class ProjectionRunner:
             with self._rebuilds_lock:
                 self._rebuilds.update(names)
             raise
+        finally:
+            self.rebuild_progress = {}
         log.info("projections %s rebuilt from the log up to position %d",
                  ", ".join(names), min(self._positions_locked().values()))
 

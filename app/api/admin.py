@@ -11,6 +11,7 @@ from starlette.routing import Route
 from app.audit.event_view import event_view
 from app.auth import require_admin, services_of
 from app.http_input import query_int
+from app.usecases import admin as admin_cases
 from app.usecases.errors import InvalidInput, NotFound
 from projections import messages as messages_read
 from projections import sessions as sessions_read
@@ -75,8 +76,38 @@ async def rebuild(request: Request) -> Response:
     return JSONResponse({"name": name, "status": "rebuilding"}, 202)
 
 
+async def timeline(request: Request) -> Response:
+    await require_admin(request)
+    at = None
+    if request.query_params.get("at"):
+        at = query_int(request, "at", 0, 0, 2**62)
+    return JSONResponse(await admin_cases.timeline(
+        services_of(request), request.path_params["session_id"], at))
+
+
+async def user_list(request: Request) -> Response:
+    await require_admin(request)
+    return JSONResponse(await admin_cases.list_users(services_of(request)))
+
+
+USER_ACTIONS = {"disable": admin_cases.disable_user, "enable": admin_cases.enable_user,
+                "grant-admin": admin_cases.grant_admin, "revoke-admin": admin_cases.revoke_admin}
+
+
+async def user_action(request: Request) -> Response:
+    me = await require_admin(request)
+    action = USER_ACTIONS.get(request.path_params["action"])
+    if action is None:
+        raise NotFound("action")
+    return JSONResponse(await action(services_of(request), me["id"],
+                                     request.path_params["user_id"]))
+
+
 routes = [
     Route("/api/admin/events/", events, methods=["GET"]),
+    Route("/api/admin/sessions/{session_id}/timeline/", timeline, methods=["GET"]),
+    Route("/api/admin/users/", user_list, methods=["GET"]),
+    Route("/api/admin/users/{user_id}/{action}/", user_action, methods=["POST"]),
     Route("/api/admin/stats/", stats, methods=["GET"]),
     Route("/api/admin/projections/", projection_list, methods=["GET"]),
     Route("/api/admin/projections/{name}/rebuild/", rebuild, methods=["POST"]),
