@@ -48,7 +48,7 @@ class Clock:
 
 
 def stamped(aggregate: Aggregate, clock: Clock, gaps: Iterable[float]) -> list[Any]:
-    events = aggregate.collect_events()
+    events = list(aggregate.collect_events())
     for event, gap in zip(events, gaps, strict=True):
         object.__setattr__(event, "timestamp", clock.advance(gap))
     return events

@@ -5,12 +5,15 @@ but not "every ReplyFailed", "everything user U did" or "what happened on Tuesda
 reading and decoding the whole log. This table answers those by index; the events
 themselves are then read from the store by position.
 
-`user_id` is the user an event belongs to: the user's own events, their username claim and
-admin seat changes, and every event of the chats they own.
-
-`at` is the event's timestamp, but never earlier than the `at` before it: two processes
-(the server and the command line) may stamp events a few milliseconds out of log order, and
-keeping `at` in log order makes a time range a range of positions, found by index.
+- `type` and `user` are small numbers (`event_types`, `event_users` name them): the two
+  indexes stay small, which is most of what a million-event rebuild spends here. Numbers
+  are handed out in log order, so a rebuild writes the same ones.
+- `user` is the user an event belongs to: the user's own events, their username claim
+  and admin seat changes, and every event of the chats they own (`event_owners`).
+- `at` is the event's timestamp, but never earlier than the `at` before it: two processes
+  (the server and the command line) may stamp events a few milliseconds out of log order,
+  and keeping `at` in log order makes a time range a range of positions, found by a
+  binary search on the primary key (`position_at`) with no index of its own.
 """
 
 from __future__ import annotations
@@ -34,20 +37,28 @@ def time_key(moment: datetime) -> str:
 
 class EventIndexProjection(BatchProjection):
     name = "event_index"
-    tables = ("event_index", "event_owners")
+    version = 2  # v2: numbered types and users, no index on `at`
+    tables = ("event_index", "event_types", "event_users", "event_owners")
     schema = """
     CREATE TABLE IF NOT EXISTS event_index (
         position INTEGER PRIMARY KEY,
-        type TEXT NOT NULL,
-        user_id TEXT,
+        type INTEGER NOT NULL,
+        user INTEGER,
         at TEXT NOT NULL
     );
     CREATE INDEX IF NOT EXISTS event_index_by_type ON event_index (type, position);
-    CREATE INDEX IF NOT EXISTS event_index_by_user ON event_index (user_id, position);
-    CREATE INDEX IF NOT EXISTS event_index_by_time ON event_index (at);
+    CREATE INDEX IF NOT EXISTS event_index_by_user ON event_index (user, position);
+    CREATE TABLE IF NOT EXISTS event_types (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE IF NOT EXISTS event_users (
+        id INTEGER PRIMARY KEY,
+        user_id TEXT NOT NULL UNIQUE
+    );
     CREATE TABLE IF NOT EXISTS event_owners (
         originator_id TEXT PRIMARY KEY,
-        user_id TEXT NOT NULL
+        user INTEGER NOT NULL
     );
     """
     # Events that name their user in a field rather than by their aggregate.
@@ -59,40 +70,91 @@ class EventIndexProjection(BatchProjection):
     }
 
     def __init__(self) -> None:
-        self._owners: dict[UUID, str] = {}  # chat id -> owner, a cache of event_owners
+        # Caches of the three small tables, checked against them at every batch (a batch
+        # rolled back would otherwise leave numbers here that the tables do not have).
+        self._types: dict[str, int] = {}
+        self._users: dict[UUID, int] = {}
+        self._owners: dict[UUID, int] = {}
+        self._fields: dict[str, str | None] = {}  # event type -> _user_field(type)
 
     def clear(self, db: sqlite3.Connection) -> None:
         super().clear(db)
+        self._types.clear()
+        self._users.clear()
         self._owners.clear()
 
+    def _load(self, db: sqlite3.Connection) -> None:
+        sizes = db.execute("SELECT (SELECT COUNT(*) FROM event_types),"
+                           " (SELECT COUNT(*) FROM event_users),"
+                           " (SELECT COUNT(*) FROM event_owners)").fetchone()
+        if sizes == (len(self._types), len(self._users), len(self._owners)):
+            return
+        self._types = {name: i for i, name in db.execute("SELECT id, name FROM event_types")}
+        self._users = {UUID(u): i for i, u in db.execute("SELECT id, user_id FROM event_users")}
+        self._owners = {UUID(o): u for o, u in db.execute("SELECT * FROM event_owners")}
+
     def apply_batch(self, db: sqlite3.Connection, batch: Batch) -> None:
-        rows, owners = [], []
+        self._load(db)
+        types, users, owners, fields = self._types, self._users, self._owners, self._fields
+        new_types, new_users, new_owners, rows = [], [], [], []
         row = db.execute("SELECT at FROM event_index ORDER BY position DESC LIMIT 1").fetchone()
         latest = row[0] if row else ""
         for record, decoded in batch:
             event: Any = decoded  # every event of ours is an eventsourcing DomainEvent
             kind = type(event).__qualname__
-            if kind == "ChatSession.Started":
-                owner = str(event.owner_id)
-                self._owners[event.originator_id] = owner
-                owners.append((str(event.originator_id), owner))
-            latest = max(latest, time_key(event.timestamp))
-            rows.append((record.id, kind, self._user_of(db, kind, event), latest))
-        db.executemany("INSERT OR REPLACE INTO event_owners VALUES (?, ?)", owners)
-        db.executemany(
-            "INSERT INTO event_index (position, type, user_id, at) VALUES (?, ?, ?, ?)", rows)
+            code = types.get(kind)
+            if code is None:
+                code = types[kind] = len(types) + 1
+                new_types.append((code, kind))
+            field = fields.get(kind, "?")
+            if field == "?":
+                field = fields[kind] = self._user_field(kind)
+            if field is None:  # a chat's event: its owner's
+                user = owners.get(event.originator_id)
+            elif not field:  # nobody's
+                user = None
+            else:
+                user_id = getattr(event, field)
+                user = users.get(user_id)
+                if user is None:
+                    user = users[user_id] = len(users) + 1
+                    new_users.append((user, str(user_id)))
+                if kind == "ChatSession.Started":
+                    owners[event.originator_id] = user
+                    new_owners.append((str(event.originator_id), user))
+            stamp = time_key(event.timestamp)
+            if stamp > latest:
+                latest = stamp
+            rows.append((record.id, code, user, latest))
+        db.executemany("INSERT INTO event_types VALUES (?, ?)", new_types)
+        db.executemany("INSERT INTO event_users VALUES (?, ?)", new_users)
+        db.executemany("INSERT OR REPLACE INTO event_owners VALUES (?, ?)", new_owners)
+        db.executemany("INSERT INTO event_index VALUES (?, ?, ?, ?)", rows)
 
-    def _user_of(self, db: sqlite3.Connection, kind: str, event: Any) -> str | None:
+    def _user_field(self, kind: str) -> str | None:
+        """The field naming an event's user; None: its chat's owner; "": nobody."""
         if kind.startswith("User."):
-            return str(event.originator_id)
-        field = self.USER_FIELDS.get(kind)
-        if field is not None:
-            return str(getattr(event, field))
-        owner = self._owners.get(event.originator_id)
-        if owner is None and kind.startswith("ChatSession."):
-            row = db.execute("SELECT user_id FROM event_owners WHERE originator_id = ?",
-                             (str(event.originator_id),)).fetchone()
-            if row is None:
-                return None
-            owner = self._owners[event.originator_id] = row[0]
-        return owner
+            return "originator_id"
+        if kind == "ChatSession.Started":
+            return "owner_id"
+        return self.USER_FIELDS.get(kind, None if kind.startswith("ChatSession.") else "")
+
+
+def position_at(db: sqlite3.Connection, moment: datetime, table: str = "event_index") -> int:
+    """A position p such that every event before p has `at` < moment and the first one from
+    p on (if any) has `at` >= moment: a binary search, as `at` never decreases along the log.
+    """
+    key = time_key(moment)
+    row = db.execute(f"SELECT MIN(position), MAX(position) FROM {table}").fetchone()
+    if row[0] is None:
+        return 1
+    low, high = int(row[0]), int(row[1]) + 1
+    while low < high:
+        middle = (low + high) // 2
+        position, at = db.execute(f"SELECT position, at FROM {table} WHERE position >= ?"
+                                  " ORDER BY position LIMIT 1", (middle,)).fetchone()
+        if at >= key:
+            high = middle  # nothing lies between middle and `position`
+        else:
+            low = position + 1
+    return low

@@ -2,14 +2,16 @@
 
 Each SQLite file is copied in one step of the backup API, a consistent snapshot of that
 file even while the server writes (in WAL mode the copy reads a snapshot and writers never
-wait for it). The read models are copied *before* the event store: a read model may then
-be behind the copied log (the server catches it up on start) but never ahead of it, which
-would make the projections skip events recorded after the restore. Every event committed
-before the backup started is in it.
+wait for it). Whatever follows the log is copied *before* the log itself, each position
+before what it describes: a copy may then be behind the copied log (the server catches it
+up on start) but never ahead of it, which would make a follower skip events recorded after
+the restore. In order: the read models, the vector follower's position (`vectors.sqlite`),
+the vector index (`chroma/`: its writes are idempotent, so being ahead of its position only
+repeats work), and last the event log. Every event committed before the backup started is
+in it.
 
-A backup directory holds `events.sqlite`, `readmodels.sqlite`, the `secret_key` if there
-is one, the `chroma/` vector index if there is one (a projection too, rebuilt when in
-doubt), and `manifest.json` (what was copied, the log head and the hash-chain head).
+A backup directory holds those files, the `secret_key` if there is one, and
+`manifest.json` (what was copied, the log head and the hash-chain head).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from projections.hashchain import GENESIS
 
 EVENTS, READ_MODELS, SECRET, CHROMA, MANIFEST = (
     "events.sqlite", "readmodels.sqlite", "secret_key", "chroma", "manifest.json")
+VECTORS = "vectors.sqlite"  # the vector follower's position and the chat owners it saw
+FOLLOWERS = (READ_MODELS, VECTORS)  # SQLite files that follow the log, copied before it
 
 
 class BackupError(Exception):
@@ -107,9 +111,10 @@ def backup(data_dir: Path, target: Path) -> BackupReport:
         raise BackupError(f"{target} is not empty; back up into a new directory")
     target.mkdir(parents=True, exist_ok=True)
     files = []
-    if (data_dir / READ_MODELS).is_file():  # first: never ahead of the log copied next
-        copy_sqlite(data_dir / READ_MODELS, target / READ_MODELS)
-        files.append(READ_MODELS)
+    for name in FOLLOWERS:  # first: never ahead of the log copied last
+        if (data_dir / name).is_file():
+            copy_sqlite(data_dir / name, target / name)
+            files.append(name)
     if (data_dir / CHROMA).is_dir():
         _copy_chroma(data_dir / CHROMA, target / CHROMA)
         files.append(CHROMA + "/")
@@ -152,12 +157,12 @@ def restore(source: Path, data_dir: Path, force: bool = False) -> BackupReport:
     data_dir.mkdir(parents=True, exist_ok=True)
     files = []
     # Through the backup API again, so an open connection sees the new file whole.
-    for name in (EVENTS, READ_MODELS):
+    for name in (EVENTS, *FOLLOWERS):
         if (source / name).is_file():
             copy_sqlite(source / name, data_dir / name)
             files.append(name)
-        elif name == READ_MODELS:  # the old ones describe another log: rebuilt on start
-            for stale in data_dir.glob(READ_MODELS + "*"):
+        else:  # a follower of another log: it starts again from position 0
+            for stale in data_dir.glob(name + "*"):
                 stale.unlink()
     if (data_dir / CHROMA).exists():
         shutil.rmtree(data_dir / CHROMA)

@@ -24,7 +24,7 @@ from app.event_log import LoggedEvent
 from app.usecases.errors import InvalidInput
 from domain.sessions import ChatSession
 from domain.users import AdminSeat, User, UsernameIndex
-from projections.event_index import time_key
+from projections.event_index import position_at
 
 AGGREGATES = (User, UsernameIndex, AdminSeat, ChatSession)
 
@@ -112,31 +112,16 @@ class EventBrowser:
             " ORDER BY rowid", positions).fetchall()
         return [decode(self.mapper, to_record(row)) for row in rows]
 
-    def _time_bounds(self, where: EventFilter) -> tuple[int, int] | None:
-        """The position range of the time range (`at` is in log order), None if empty."""
-        low, high = 0, 2**62
-        if where.since is not None:
-            row = self.db.execute("SELECT position FROM event_index WHERE at >= ?"
-                                  " ORDER BY at, position LIMIT 1",
-                                  (time_key(where.since),)).fetchone()
-            if row is None:
-                return None
-            low = row[0]
-        if where.until is not None:
-            row = self.db.execute("SELECT position FROM event_index WHERE at < ?"
-                                  " ORDER BY at DESC, position DESC LIMIT 1",
-                                  (time_key(where.until),)).fetchone()
-            if row is None:
-                return None
-            high = row[0]
-        return (low, high) if low <= high else None
+    def _time_bounds(self, where: EventFilter) -> tuple[int, int]:
+        """The positions of the time range (`at` follows log order): a binary search each."""
+        low = position_at(self.db, where.since) if where.since is not None else 0
+        high = position_at(self.db, where.until) - 1 if where.until is not None else 2**62
+        return low, high
 
     def positions(self, where: EventFilter, after: int = 0, before: int | None = None,
                   limit: int = 100, newest_first: bool = False) -> list[int]:
         """The positions `select` reads, ascending."""
         bounds = self._time_bounds(where)
-        if bounds is None:
-            return []
         low = max(after + 1, bounds[0])
         high = bounds[1] if before is None else min(before - 1, bounds[1])
         if where.types or where.user is not None:
@@ -146,11 +131,18 @@ class EventBrowser:
         conditions = [f"{column} BETWEEN ? AND ?"]
         params: list[Any] = [low, high]
         if where.types:
-            conditions.append(f"type IN ({','.join('?' * len(where.types))})")
-            params += where.types
+            codes = self._codes("SELECT id FROM event_types WHERE name IN ({})", where.types)
+            if not codes:
+                return []
+            conditions.append(f"type IN ({','.join('?' * len(codes))})")
+            params += codes
         if where.user is not None:
-            conditions.append("user_id = ?")
-            params.append(str(where.user))
+            codes = self._codes("SELECT id FROM event_users WHERE user_id IN ({})",
+                                [str(where.user)])
+            if not codes:
+                return []
+            conditions.append("user = ?")
+            params += codes
         if where.aggregate is not None and table == "event_index":
             conditions.append(
                 "position IN (SELECT rowid FROM log.stored_events WHERE originator_id = ?)")
@@ -161,7 +153,14 @@ class EventBrowser:
         order = "DESC" if newest_first else "ASC"
         sql = (f"SELECT {column} FROM {table} WHERE {' AND '.join(conditions)}"
                f" ORDER BY {column} {order} LIMIT ?")
+        if low > high:
+            return []
         return sorted(int(row[0]) for row in self.db.execute(sql, [*params, limit]))
+
+    def _codes(self, sql: str, values: list[str]) -> list[int]:
+        """The event index's numbers for type names or user ids (none: nothing indexed)."""
+        marks = ",".join("?" * len(values))
+        return [int(row[0]) for row in self.db.execute(sql.format(marks), values)]
 
 
 def user_by_name_or_id(db: sqlite3.Connection, mapper: Mapper[UUID], ref: str) -> UUID:

@@ -1,0 +1,280 @@
+"""Rebuilding every projection from a million events, and the event browser on that log.
+
+Writes a realistic log (bench/eventlog.py: users signing in, chats, replies streamed as
+token batches), then measures, in one run:
+
+1. the reference: reading and decoding every event, the least any rebuild must do;
+2. the rebuild of every projection the runner keeps (`all_projections()`), into a fresh
+   read-model file through the runner's own catch-up; the keyword-search projection is
+   timed on its own as well, and the vector index (an embedding per message) is estimated
+   from a sample, since it cannot come near the target;
+3. where the time goes: CPU per event of each step, on a sample of the log;
+4. the event browser (app/audit/browse.py) and a chat's timeline (app/event_log.py) on the
+   rebuilt read models: each query's median over five runs.
+
+The machine is shared, so the load average is printed next to the figures, and the rebuild
+is also given as a multiple of the reference measured in the same run.
+
+    .venv/bin/python bench/rebuild_1m.py [--events 1000000] [--data DIR] [--vectors 64]
+
+`--data DIR` keeps the generated log there and reuses it on the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventlog import generate, store  # bench/eventlog.py, beside this script
+from eventsourcing.persistence import Notification
+
+from app.audit.browse import EventBrowser, EventFilter
+from app.audit.progress import Progress
+from app.event_log import EventLog
+from domain.application import ChatApplication
+from projections.base import Projection
+from projections.batch import BatchProjection
+from projections.runner import BATCH_SIZE, ProjectionRunner, all_projections
+
+TARGET_SECONDS = 20.0
+QUERY_TARGET_MS = 100.0
+SLOW = ("search",)  # timed on their own (and reported separately if they miss the target)
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (5 min {five:.1f}) on {os.cpu_count()} cores"
+
+
+def timed(work: Callable[[], Any]) -> tuple[float, float, Any]:
+    """(wall seconds, CPU seconds of this process, result)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = work()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def read_and_decode(app: ChatApplication) -> int:
+    """The reference: every notification read and decoded, in the runner's batch size."""
+    after = count = 0
+    mapper, recorder = app.mapper, app.recorder
+    while True:
+        batch = recorder.select_notifications(after, BATCH_SIZE, inclusive_of_start=False)
+        if not batch:
+            return count
+        for notification in batch:
+            mapper.to_domain_event(notification)
+        count += len(batch)
+        after = batch[-1].id
+
+
+def rebuild(app: ChatApplication, target: Path, projections: list[Projection]) -> int:
+    runner = ProjectionRunner(app, target, projections)
+    try:
+        return runner.catch_up()
+    finally:
+        runner.stop()
+
+
+def breakdown(app: ChatApplication, sample: int) -> dict[str, float]:
+    """CPU microseconds per event of each step, on the first `sample` events."""
+    clock = time.process_time
+    costs: dict[str, float] = {}
+    started, after = clock(), 0
+    notifications: list[Notification] = []
+    while len(notifications) < sample:
+        batch = app.recorder.select_notifications(after, BATCH_SIZE, inclusive_of_start=False)
+        if not batch:
+            break
+        notifications += batch
+        after = batch[-1].id
+    count = len(notifications)
+    costs["read"] = clock() - started
+    started = clock()
+    events = [app.mapper.to_domain_event(n) for n in notifications]
+    costs["decode"] = clock() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        for projection in all_projections():
+            db = sqlite3.connect(Path(tmp) / f"{projection.name}.sqlite", isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            projection.create(db)
+            started = clock()
+            for i in range(0, count, BATCH_SIZE):
+                db.execute("BEGIN")
+                if isinstance(projection, BatchProjection):
+                    projection.apply_batch(db, list(zip(notifications[i:i + BATCH_SIZE],
+                                                        events[i:i + BATCH_SIZE], strict=True)))
+                else:
+                    for notification, event in zip(notifications[i:i + BATCH_SIZE],
+                                                   events[i:i + BATCH_SIZE], strict=True):
+                        projection.apply(db, event, notification.id)
+                db.execute("COMMIT")
+            costs[projection.name] = clock() - started
+            db.close()
+    return {name: seconds / count * 1e6 for name, seconds in costs.items()}
+
+
+def median_ms(query: Callable[[], Any], runs: int = 5) -> tuple[float, Any]:
+    times, result = [], None
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = query()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), result
+
+
+def queries(read_models: Path, events_path: Path,
+            app: ChatApplication) -> list[tuple[str, float, int]]:
+    browser = EventBrowser(read_models, events_path, app.mapper)
+    db = sqlite3.connect(read_models)
+    head = app.head()
+    heavy_user = UUID(db.execute(
+        "SELECT u.user_id FROM event_index i JOIN event_users u ON u.id = i.user"
+        " GROUP BY i.user ORDER BY COUNT(*) DESC LIMIT 1").fetchone()[0])
+    longest_chat = UUID(db.execute(
+        "SELECT session_id FROM messages GROUP BY session_id ORDER BY COUNT(*) DESC LIMIT 1"
+    ).fetchone()[0])
+    middle_day = db.execute("SELECT substr(at, 1, 10) FROM event_index WHERE position = ?",
+                            (head // 2,)).fetchone()[0]
+    db.close()
+    from datetime import datetime, timedelta
+    day = datetime.fromisoformat(middle_day + "T00:00:00+00:00")
+    cases: list[tuple[str, Callable[[], list[Any]]]] = [
+        ("newest 100 events", lambda: browser.select(EventFilter(), limit=100,
+                                                     newest_first=True)),
+        ("100 events after the middle", lambda: browser.select(EventFilter(), after=head // 2)),
+        ("type ReplyCompleted, newest 100", lambda: browser.select(
+            EventFilter(types=["ChatSession.ReplyCompleted"]), limit=100, newest_first=True)),
+        ("type ReplyCompleted, after the middle", lambda: browser.select(
+            EventFilter(types=["ChatSession.ReplyCompleted"]), after=head // 2)),
+        ("rare type (User.Registered), newest", lambda: browser.select(
+            EventFilter(types=["User.Registered"]), newest_first=True)),
+        ("type absent from the log (ReplyFailed)", lambda: browser.select(
+            EventFilter(types=["ChatSession.ReplyFailed"]))),
+        ("busiest user, newest 100", lambda: browser.select(
+            EventFilter(user=heavy_user), newest_first=True)),
+        ("busiest user + ReplyCompleted", lambda: browser.select(
+            EventFilter(user=heavy_user, types=["ChatSession.ReplyCompleted"]))),
+        ("one day in the middle, first 100", lambda: browser.select(
+            EventFilter(since=day, until=day + timedelta(days=1)))),
+        ("one day + ReplyCompleted", lambda: browser.select(
+            EventFilter(since=day, until=day + timedelta(days=1),
+                        types=["ChatSession.ReplyCompleted"]))),
+        ("longest chat's events (aggregate)", lambda: browser.select(
+            EventFilter(aggregate=longest_chat))),
+    ]
+    results = []
+    for label, case in cases:
+        ms, found = median_ms(case)
+        results.append((label, ms, len(found)))
+
+    async def timeline() -> tuple[float, int]:
+        log = await EventLog.open(events_path, app.mapper)
+        try:
+            times, found = [], []
+            for _ in range(5):
+                started = time.perf_counter()
+                found = await log.of_originator(longest_chat, 0, 1000)
+                times.append((time.perf_counter() - started) * 1000)
+            return statistics.median(times), len(found)
+        finally:
+            await log.close()
+
+    ms, count = asyncio.run(timeline())
+    results.append(("timeline: longest chat, first 1000 events", ms, count))
+    browser.close()
+    return results
+
+
+def vectors_estimate(read_models: Path, sample: int) -> tuple[float, int] | None:
+    """(seconds to embed every message, messages) from embedding a sample of them."""
+    try:
+        from app.embeddings import MultilingualE5
+    except ImportError:
+        return None
+    db = sqlite3.connect(read_models)
+    total = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    texts = [row[0] for row in db.execute(
+        "SELECT content FROM messages ORDER BY position LIMIT ?", (sample,))]
+    db.close()
+    embed = MultilingualE5()
+    embed(texts[:4])  # load the model
+    started = time.perf_counter()
+    for i in range(0, len(texts), 16):
+        embed(texts[i:i + 16])
+    per_message = (time.perf_counter() - started) / len(texts)
+    return per_message * total, total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--data", type=Path, help="keep (and reuse) the generated log here")
+    parser.add_argument("--sample", type=int, default=200_000,
+                        help="events for the per-step breakdown")
+    parser.add_argument("--vectors", type=int, default=64,
+                        help="messages embedded to estimate the vector index (0: skip)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rebuild-bench-") as tmp:
+        data = args.data or Path(tmp) / "data"
+        events_path = data / "events.sqlite"
+        if not events_path.exists():
+            seconds, _, head = timed(lambda: generate(data, args.events))
+            print(f"log written: {head:,} events in {seconds:.0f} s ({data})")
+        app = store(data)
+        head = app.head()
+        size = events_path.stat().st_size / 1e6
+        print(f"log: {head:,} events, {size:,.0f} MB; {load()}")
+
+        wall, cpu, _ = timed(lambda: read_and_decode(app))
+        print(f"reference: read + decode every event   {wall:6.1f} s wall"
+              f"  {cpu:6.1f} s CPU  {head / wall:9,.0f} events/s")
+        reference = wall
+
+        core = [p for p in all_projections() if p.name not in SLOW]
+        slow = [p for p in all_projections() if p.name in SLOW]
+        read_models = Path(tmp) / "readmodels.sqlite"
+        bar = Progress("rebuilding", head)
+        wall, cpu, _ = timed(lambda: rebuild(app, read_models, core))
+        bar.finish(head)
+        verdict = "under" if wall < TARGET_SECONDS else "OVER"
+        print(f"rebuild: {', '.join(p.name for p in core)}")
+        print(f"  {wall:6.1f} s wall  {cpu:6.1f} s CPU  {head / wall:9,.0f} events/s"
+              f"  {wall / reference:.1f}x the reference; {verdict} the {TARGET_SECONDS:.0f} s"
+              f" target ({load()})")
+        for projection in slow:
+            wall, cpu, _ = timed(lambda p=projection: rebuild(
+                app, Path(tmp) / f"{p.name}.sqlite", [p]))  # type: ignore[misc]
+            print(f"  {projection.name} alone (reads and decodes the log again): {wall:6.1f} s"
+                  f" wall  {cpu:6.1f} s CPU  {head / wall:9,.0f} events/s")
+
+        costs = breakdown(app, args.sample)
+        print(f"CPU per event, first {args.sample:,} events (us): "
+              + "  ".join(f"{name} {us:.1f}" for name, us in costs.items()))
+
+        if args.vectors:
+            estimate = vectors_estimate(read_models, args.vectors)
+            if estimate:
+                seconds, messages = estimate
+                print(f"vector index (estimated from {args.vectors} messages): {messages:,}"
+                      f" messages to embed, ~{seconds / 60:.0f} min")
+
+        print(f"event browser and timeline, median of 5 (target {QUERY_TARGET_MS:.0f} ms):")
+        for label, ms, found in queries(read_models, events_path, app):
+            flag = "" if ms < QUERY_TARGET_MS else "  OVER"
+            print(f"  {label:<44} {ms:7.1f} ms  ({found} events){flag}")
+        print(f"({load()})")
+        app.close()
+
+
+if __name__ == "__main__":
+    main()
