@@ -223,7 +223,8 @@ def test_disable_stops_tokens_at_once_and_cancels_replies(server: ServerProcess,
     assert len(disabled) == 1 and disabled[0]["data"]["by"] == admin.user["id"]
     signing_in = anon.post("/api/auth/login/", json={"username": name,
                                                      "password": "비밀번호 correct horse"})
-    assert signing_in.status_code == 401
+    assert signing_in.status_code == 403
+    assert signing_in.json()["error"]["code"] == "account_disabled"
 
     response = admin.post(f"/api/admin/users/{user_id}/enable/")
     assert response.status_code == 200 and response.json()["disabled"] is False
@@ -279,14 +280,14 @@ def test_pages_render_for_admins(admin: Api, author: Api,
     session_id = finished_chat["session"]["id"]
     for path in ("/admin", "/admin/users", "/admin/events", "/admin/sessions",
                  f"/admin/sessions/{session_id}", "/admin/projections",
-                 f"/admin/sessions?user={author.user['user']['id']}"):
+                 f"/admin/sessions?user={author.user['id']}"):
         response = admin.get(path)
         assert response.status_code == 200, (path, response.text[-500:])
     dashboard = admin.get("/admin").text
     assert re.search(r'id="stat-chain-hash">[0-9a-f]{64}<', dashboard)
     assert "<svg" in dashboard and "<script>" not in dashboard.split("</head>", 1)[1]
     assert author.user["username"] in admin.get("/admin/users").text
-    sessions = admin.get(f"/admin/sessions?user={author.user['user']['id']}").text
+    sessions = admin.get(f"/admin/sessions?user={author.user['id']}").text
     assert "등대 이야기" in sessions
 
 
@@ -443,14 +444,14 @@ def test_users_page_disables_and_enables(context: BrowserContext, server: Server
     victim = anon.register()
     page = admin_page(context, server, admin)
     page.goto(f"{server.url}/admin/users")
-    row = page.locator(f"#user-{victim.user['user']['id']}")
+    row = page.locator(f"#user-{victim.user['id']}")
     row.get_by_role("button", name="Disable").click()
     expect(row.locator(".badge--failed")).to_have_text("disabled")
     assert victim.get("/api/auth/me/").status_code == 401
     row.get_by_role("button", name="Enable").click()
     expect(row.locator(".badge--failed")).to_have_count(0)
     # The last-admin rule shows as a message, and the row stays as it was.
-    own = page.locator(f"#user-{admin.user['user']['id']}")
+    own = page.locator(f"#user-{admin.user['id']}")
     if len([u for u in admin.get("/api/admin/users/").json()
             if u["is_admin"] and not u["disabled"]]) == 1:
         own.get_by_role("button", name="Revoke admin").click()
