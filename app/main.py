@@ -21,6 +21,7 @@ from app.pages import accounts, assets, chat
 from app.pages import admin as admin_pages
 from app.pages import exports as exports_page
 from app.pages import profile as profile_page
+from app.pages import signals as signals_page
 from app.pages.errors import page_error
 from app.services import start_services, stop_services
 from app.usecases.errors import UseCaseError
@@ -63,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await stop_services(services)
 
     routes = [
-        *profile_api.routes, *profile_page.routes,
+        *profile_api.routes, *profile_page.routes, *signals_page.routes,
         *exports.routes, *exports_page.routes,  # before the {session_id} routes
         *health.routes, *auth.routes, *sessions.routes, *messages.routes, *admin.routes,
         *llm.routes, *openai_compat.routes, *metrics_api.routes,

@@ -261,3 +261,16 @@ async def daily_usage(db: aiosqlite.Connection, owner_id: str,
         (owner_id, since_day),
     ) as cursor:
         return {row[0]: (int(row[1]), int(row[2])) for row in await cursor.fetchall()}
+
+
+async def queue_positions(db: aiosqlite.Connection, session_id: str) -> dict[str, int]:
+    """{reply_id: place in the reply queue (1 = next)} of the session's queued replies, as
+    the actor counts it: the replies queued before it, plus one if a reply is running."""
+    async with db.execute(
+        "SELECT m.id, (SELECT COUNT(*) FROM messages q WHERE q.status = 'queued'"
+        "   AND q.position < m.position)"
+        " + EXISTS (SELECT 1 FROM messages r WHERE r.status = 'streaming') + 1"
+        " FROM messages m WHERE m.session_id = ? AND m.status = 'queued'",
+        (session_id,),
+    ) as cursor:
+        return {row[0]: int(row[1]) for row in await cursor.fetchall()}

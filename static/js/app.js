@@ -148,7 +148,9 @@
       var resumeAt = lastIds[url];
       var target = resumeAt ? url.replace(/([?&]last_event_id=)[^&]*/, '$1' + resumeAt) : url;
       var source = new EventSource(target, { withCredentials: true });
-      source.addEventListener('update', function (e) { if (e.lastEventId) lastIds[url] = e.lastEventId; });
+      ['update', 'signal'].forEach(function (name) {  // the page's stream, its signals
+        source.addEventListener(name, function (e) { if (e.lastEventId) lastIds[url] = e.lastEventId; });
+      });
       return source;
     };
   }
@@ -387,5 +389,38 @@
       };
       next();
     });
+  });
+})();
+
+/* Connection indicator (templates/signals/_page.html): #connection says when a live
+ * stream is lost and while htmx-ext-sse retries it (its backoff: 0.5 s doubling to 64 s),
+ * then "Reconnected" for a moment. The stream resumes from the last event applied
+ * (Last-Event-ID, or the last_event_id kept above), so no text is lost or repeated. */
+(function () {
+  'use strict';
+
+  var RESUMED_MS = 2500;
+  var failures = 0;
+  var hideTimer = null;
+
+  function show(state, text) {
+    var box = document.getElementById('connection');
+    if (!box) return;
+    clearTimeout(hideTimer);
+    box.dataset.state = state;
+    box.querySelector('.connection__text').textContent = text;
+    box.hidden = false;
+    if (state === 'open') hideTimer = setTimeout(function () { box.hidden = true; }, RESUMED_MS);
+  }
+
+  document.addEventListener('htmx:sseError', function () {
+    failures += 1;
+    show('lost', failures === 1 ? 'Connection lost. Reconnecting…'
+                                : 'Connection lost. Retrying (attempt ' + failures + ')…');
+  });
+  document.addEventListener('htmx:sseOpen', function () {
+    if (!failures) return;
+    failures = 0;
+    show('open', 'Reconnected. Up to date.');
   });
 })();

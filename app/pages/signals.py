@@ -1,0 +1,125 @@
+"""The page's second live stream: signals about the whole queue and the user's other chats.
+
+The chat page's own stream (app/pages/live.py) carries only its session's events. This one
+follows the whole log from the same position and turns the few events that matter to the
+page into htmx out-of-band fragments (event name `signal`, id = the log position, so a
+reconnect resumes exactly):
+
+- a reply started or ended anywhere: the queue moved, so each queued reply of the open chat
+  gets its new place (nothing new is recorded: the place is counted from the read model);
+- a reply finished in another chat of the same user: a toast linking to it, and a mark on
+  its sidebar item (the mark lasts until the sidebar is drawn again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from html import escape
+from typing import Any
+from uuid import UUID
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.auth import require_user, services_of
+from app.http_input import resume_position
+from app.services import Services
+from app.usecases import chats
+from projections import messages as messages_read
+from projections import sessions as sessions_read
+
+READ_BATCH = 1000
+MAX_REPLAY = 5000  # signals older than this are stale; a far-back resume skips them
+WAIT_SECONDS = 30.0
+QUEUE_MOVES = frozenset({"ReplyStarted", "ReplyCompleted", "ReplyFailed", "ReplyCancelled",
+                         "ReplyInterrupted"})
+FINISHED = {"ReplyCompleted": "complete", "ReplyFailed": "failed"}
+
+
+class Follower:
+    """What one page learns from the log; remembers which sessions are the user's."""
+
+    def __init__(self, services: Services, user_id: str, session_id: str) -> None:
+        self.services = services
+        self.user_id = user_id
+        self.session_id = session_id
+        self._titles: dict[str, str | None] = {}
+
+    async def _own_title(self, session_id: str) -> str | None:
+        """The title of the user's session, None for anyone else's (asked once each)."""
+        if session_id not in self._titles:
+            found = await sessions_read.get_session(self.services.read_db, self.user_id,
+                                                    session_id)
+            self._titles[session_id] = found["title"] if found else None
+        return self._titles[session_id]
+
+    async def render(self, kind: str, session_id: str, position: int) -> str:
+        html = ""
+        if kind in QUEUE_MOVES:
+            await self.services.settle(position)
+            places = await messages_read.queue_positions(self.services.read_db,
+                                                         self.session_id)
+            html += "".join(queue_place(reply_id, place) for reply_id, place in places.items())
+        if kind in FINISHED and session_id != self.session_id:
+            title = await self._own_title(session_id)
+            if title is not None:
+                html += finished_elsewhere(session_id, title, FINISHED[kind])
+        return html
+
+
+def queue_place(reply_id: str, place: int) -> str:
+    return (f'<span hx-swap-oob="innerHTML:#msg-{reply_id} .badge--queued">'
+            f"Queued · position {place}</span>")
+
+
+def finished_elsewhere(session_id: str, title: str, status: str) -> str:
+    text = "A reply finished in" if status == "complete" else "A reply failed in"
+    name = escape(title or "New chat")
+    return (
+        '<div hx-swap-oob="beforeend:#toasts">'
+        f'<div class="toast toast--{"success" if status == "complete" else "error"}'
+        f' toast--notice" role="status" data-autodismiss="12000">'
+        f'<p class="toast__text">{text} <a class="toast__link" href="/chats/{session_id}"'
+        f' data-notice-for="{session_id}">“{name}”</a></p>'
+        '<button class="toast__close" type="button" data-dismiss aria-label="Dismiss">×</button>'
+        "</div></div>"
+        f'<span hx-swap-oob="beforeend:#session-link-{session_id}">'
+        '<span class="session-item__unread" title="New reply"'
+        ' aria-label="new reply"></span></span>'
+    )
+
+
+async def _stream(follower: Follower, after: int) -> AsyncIterator[ServerSentEvent]:
+    services = follower.services
+    while True:
+        head = services.head.position
+        batch = await services.event_log.select(after, READ_BATCH)
+        for logged in batch:
+            after = logged.position
+            e: Any = logged.event
+            kind = type(e).__name__
+            if kind not in QUEUE_MOVES:
+                continue
+            html = await follower.render(kind, str(e.originator_id), logged.position)
+            if html:
+                yield ServerSentEvent(data=html, event="signal", id=str(logged.position))
+        if len(batch) < READ_BATCH:
+            await services.head.wait_beyond(head, timeout=WAIT_SECONDS)
+
+
+async def signals(request: Request) -> Response:
+    user = await require_user(request)
+    services = services_of(request)
+    session = await chats.owned_session(services, user["id"],
+                                        request.query_params.get("session", ""))
+    after = max(resume_position(request), services.head.position - MAX_REPLAY)
+    follower = Follower(services, user["id"], str(UUID(session["id"])))
+    return EventSourceResponse(
+        _stream(follower, after), ping=services.settings.sse_ping_seconds,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+routes = [Route("/signals", signals, methods=["GET"])]
