@@ -16,7 +16,13 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -31,6 +37,12 @@ PREFIX = "localchat"
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 FIRST_TOKEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 GENERATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+COMMON_OUTCOMES = (("completed", "stop"), ("completed", "length"), ("cancelled", ""),
+                   ("interrupted", ""), ("failed", "timeout"))
+
+# The `_created` timestamp series only double the output; counters here start with the
+# process anyway.
+disable_created_metrics()
 
 
 class Metrics:
@@ -41,6 +53,8 @@ class Metrics:
             f"{PREFIX}_generations", "Replies ended, by outcome (completed, failed, "
             "cancelled, interrupted) and reason (finish reason or error code).",
             ["outcome", "reason"], registry=r)
+        for outcome, reason in COMMON_OUTCOMES:  # present at zero from the first scrape
+            self.generations.labels(outcome, reason)
         self.queued = Counter(f"{PREFIX}_replies_queued", "Replies queued.", registry=r)
         self.tokens = Counter(f"{PREFIX}_tokens_generated", "Tokens generated.", registry=r)
         self.prompt_tokens = Counter(f"{PREFIX}_prompt_tokens",
