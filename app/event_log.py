@@ -51,6 +51,18 @@ class EventLog:
             rows = await cursor.fetchall()
         return [self._logged(row) for row in rows]
 
+    async def of_originator_before(
+        self, originator_id: UUID, before: int, limit: int = 500
+    ) -> list[LoggedEvent]:
+        """One aggregate's events with positions before `before`, newest first."""
+        async with self._db.execute(
+            "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events"
+            " WHERE originator_id = ? AND rowid < ? ORDER BY originator_version DESC LIMIT ?",
+            (originator_id.hex, before, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [self._logged(row) for row in rows]
+
     async def select(
         self, after: int, limit: int, type_name: str | None = None,
         originator_id: UUID | None = None,

@@ -2,9 +2,11 @@
 
 Every event is named `update` and goes to one listener that exists from page load; each
 fragment places itself with `hx-swap-oob`: new messages at the end of the conversation,
-tokens at the end of their reply's text, a reply's new state over its whole article, a new
-title into the header and the sidebar. (Listeners on elements that arrive over the stream
-would miss events sent before htmx had processed them.)
+a reply's new state over its whole article, a new title into the header and the sidebar.
+A streaming reply's text is Markdown rendered as it grows: blocks that can no longer
+change are appended once to its frozen container, and only its last block is rendered
+again into its tail container (app/rendering/streaming.py). (Listeners on elements that
+arrive over the stream would miss events sent before htmx had processed them.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from app.auth import services_of
 from app.event_log import LoggedEvent
 from app.http_input import resume_position
 from app.pages.render import fragment
+from app.rendering import StreamingMarkdown
 from app.services import Services
 from app.streaming import follow_session
 from projections import messages as messages_read
@@ -30,33 +33,83 @@ from projections.base import iso
 REPLY_ENDINGS = frozenset({"ReplyCompleted", "ReplyFailed", "ReplyCancelled", "ReplyInterrupted"})
 
 
-async def render(services: Services, logged: LoggedEvent) -> str | None:
-    """The out-of-band HTML for a logged event the page shows, else None."""
-    e: Any = logged.event
-    kind = type(e).__name__
-    session_id = str(e.originator_id)
-    if kind == "UserMessagePosted":
-        message = {"id": str(e.message_id), "role": "user", "content": e.content}
-        return _append_to_conversation(message, session_id)
-    if kind == "ReplyQueued":
-        reply = _reply(e.reply_id, "queued", queue_position=e.queue_position,
-                       timestamp=iso(e.timestamp))
-        return _append_to_conversation(reply, session_id)
-    if kind == "ReplyStarted":
-        return _article(_reply(e.reply_id, "streaming"), session_id, oob=True)
-    if kind == "TokensGenerated":
-        return f'<span hx-swap-oob="beforeend:#body-{e.reply_id}">{escape(e.text)}</span>'
-    if kind in REPLY_ENDINGS:
-        # An ended reply never changes again, so the read model, once it has applied this
-        # event, holds exactly its final state.
-        await services.settle(logged.position)
-        ended = await messages_read.get_message(services.read_db, str(e.reply_id))
-        return _article(ended, session_id, oob=True) if ended else None
-    if kind == "Renamed":
-        title = escape(e.title)
-        return (f'<span hx-swap-oob="innerHTML:#chat-title">{title}</span>'
-                f'<span hx-swap-oob="innerHTML:#session-link-{session_id}">{title}</span>')
-    return None
+class LivePage:
+    """Renders one connection's events; holds the Markdown renderer of each streaming reply."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._replies: dict[UUID, StreamingMarkdown] = {}
+
+    async def render(self, logged: LoggedEvent) -> str | None:
+        """The out-of-band HTML for a logged event the page shows, else None."""
+        services = self._services
+        e: Any = logged.event
+        kind = type(e).__name__
+        session_id = str(e.originator_id)
+        if kind == "UserMessagePosted":
+            message = {"id": str(e.message_id), "role": "user", "content": e.content}
+            return _append_to_conversation(message, session_id)
+        if kind == "ReplyQueued":
+            reply = _reply(e.reply_id, "queued", queue_position=e.queue_position,
+                           timestamp=iso(e.timestamp))
+            return _append_to_conversation(reply, session_id)
+        if kind == "ReplyStarted":
+            self._replies[e.reply_id] = StreamingMarkdown()
+            return _article(_reply(e.reply_id, "streaming"), session_id, oob=True)
+        if kind == "TokensGenerated":
+            return await self._tokens(logged)
+        if kind in REPLY_ENDINGS:
+            self._replies.pop(e.reply_id, None)
+            # An ended reply never changes again, so the read model, once it has applied
+            # this event, holds exactly its final state.
+            await services.settle(logged.position)
+            ended = await messages_read.get_message(services.read_db, str(e.reply_id))
+            return _article(ended, session_id, oob=True) if ended else None
+        if kind == "Renamed":
+            title = escape(e.title)
+            return (f'<span hx-swap-oob="innerHTML:#chat-title">{title}</span>'
+                    f'<span hx-swap-oob="innerHTML:#session-link-{session_id}">{title}</span>')
+        return None
+
+    async def _tokens(self, logged: LoggedEvent) -> str:
+        e: Any = logged.event
+        renderer = self._replies.get(e.reply_id)
+        if renderer is None:
+            # Joined mid-reply (a page loaded, or a reconnect): render the reply's text so
+            # far, this piece included, from the log, and replace what the page shows.
+            text = await self._text_before(e.originator_id, e.reply_id, logged.position)
+            renderer = self._replies[e.reply_id] = StreamingMarkdown(text + e.text)
+            return (f'<div hx-swap-oob="innerHTML:#body-{e.reply_id}">'
+                    f'{_live_containers(e.reply_id, renderer)}</div>')
+        update = renderer.feed(e.text)
+        html = f'<div hx-swap-oob="innerHTML:#tail-{e.reply_id}">{update.tail_html}</div>'
+        if update.frozen_html_to_append:
+            html = (f'<div hx-swap-oob="beforeend:#frozen-{e.reply_id}">'
+                    f'{update.frozen_html_to_append}</div>') + html
+        return html
+
+    async def _text_before(self, session_id: UUID, reply_id: UUID, position: int) -> str:
+        """The reply's text from the pieces logged before `position`, read back to its start."""
+        pieces: list[str] = []
+        before = position
+        while True:
+            batch = await self._services.event_log.of_originator_before(session_id, before)
+            for logged in batch:
+                e: Any = logged.event
+                if getattr(e, "reply_id", None) != reply_id:
+                    continue
+                if type(e).__name__ == "TokensGenerated":
+                    pieces.append(e.text)
+                elif type(e).__name__ in ("ReplyStarted", "ReplyQueued"):
+                    return "".join(reversed(pieces))
+            if not batch:
+                return "".join(reversed(pieces))
+            before = batch[-1].position
+
+
+def _live_containers(reply_id: UUID, renderer: StreamingMarkdown) -> str:
+    return (f'<div class="md__frozen" id="frozen-{reply_id}">{renderer.frozen_html}</div>'
+            f'<div class="md__tail" id="tail-{reply_id}">{renderer.tail_html}</div>')
 
 
 def _reply(reply_id: UUID, status: str, **fields: Any) -> dict[str, Any]:
@@ -74,8 +127,9 @@ def _append_to_conversation(message: dict[str, Any], session_id: str) -> str:
 
 async def _stream(services: Services, session_id: UUID, after: int
                   ) -> AsyncIterator[ServerSentEvent]:
+    page = LivePage(services)
     async for logged in follow_session(services, session_id, after):
-        html = await render(services, logged)
+        html = await page.render(logged)
         if html is not None:
             yield ServerSentEvent(data=html, event="update", id=str(logged.position))
 

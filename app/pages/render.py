@@ -10,10 +10,13 @@ from starlette.responses import HTMLResponse, Response
 from starlette.templating import Jinja2Templates
 
 from app.auth import services_of
+from app.rendering import live_body, markdown_html
 from app.security import csrf_token
 from app.usecases.chats import max_tokens_limit
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parents[2] / "templates")
+TEMPLATES.env.filters["markdown"] = markdown_html
+TEMPLATES.env.globals["live_body"] = live_body
 
 
 def page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
