@@ -11,6 +11,8 @@ import aiosqlite
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, StoredEvent
 
+from app.read_connection import connect_read
+
 
 @dataclass(frozen=True)
 class LoggedEvent:
@@ -25,7 +27,8 @@ class EventLog:
 
     @classmethod
     async def open(cls, path: Path, mapper: Mapper[UUID]) -> EventLog:
-        db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+        # Buffered, so one stream's query never pins another's snapshot (read_connection).
+        db = await connect_read(f"file:{path}?mode=ro", uri=True, rows_by_name=False)
         return cls(db, mapper)
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ from app.conversations import ConversationReader
 from app.event_log import EventLog
 from app.inference.actor import InferenceActor, Tuning
 from app.inference.llama_engine import LlamaEngine
+from app.read_connection import connect_read
 from app.inference.registry import ModelRegistry, parse_paths
 from app.metrics import Metrics
 from app.security import LoginLimiter, load_secret
@@ -97,8 +98,7 @@ async def start_services(settings: Settings) -> Services:
     await anyio.to_thread.run_sync(runner.catch_up)
     runner.start()
 
-    read_db = await aiosqlite.connect(settings.read_model_path)
-    read_db.row_factory = aiosqlite.Row
+    read_db = await connect_read(settings.read_model_path)
     event_log = await EventLog.open(settings.event_store_path, chat.mapper)
     conversations = ConversationReader(chat, runner, settings.read_model_path, settings.n_ctx)
     actor = InferenceActor(chat, conversations, Tuning(
