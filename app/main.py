@@ -14,11 +14,13 @@ from starlette.responses import Response
 
 from app import errors
 from app.api import admin, auth, exports, health, llm, messages, openai_compat, sessions
+from app.api import branches as branches_api
 from app.api import metrics as metrics_api
 from app.api import profile as profile_api
 from app.config import Settings
 from app.pages import accounts, assets, chat
 from app.pages import admin as admin_pages
+from app.pages import branches as branches_page
 from app.pages import exports as exports_page
 from app.pages import profile as profile_page
 from app.pages import signals as signals_page
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = [
         *profile_api.routes, *profile_page.routes, *signals_page.routes,
+        *branches_api.routes, *branches_page.routes,
         *exports.routes, *exports_page.routes,  # before the {session_id} routes
         *health.routes, *auth.routes, *sessions.routes, *messages.routes, *admin.routes,
         *llm.routes, *openai_compat.routes, *metrics_api.routes,

@@ -176,6 +176,19 @@ class ChatApplication(Application[UUID]):
             session.queue_reply(reply_id, message_id, queue_position)
             return message_id, reply_id, self._save(session)
 
+    def edit_message(
+        self, session_id: UUID, owner_id: UUID, message_id: UUID, content: str,
+        queue_position: int,
+    ) -> tuple[UUID, UUID, int]:
+        """Records a new version of a user message and queues a reply to it:
+        (new_message_id, reply_id, position)."""
+        with self._lock:
+            session = self.get_session(session_id, owner_id)
+            new_message_id, reply_id = uuid4(), uuid4()
+            session.edit_user_message(message_id, new_message_id, content)
+            session.queue_reply(reply_id, new_message_id, queue_position)
+            return new_message_id, reply_id, self._save(session)
+
     def import_session(
         self, owner_id: UUID, title: str, config: dict[str, Any],
         messages: list[dict[str, Any]], source: str,

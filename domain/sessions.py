@@ -99,6 +99,13 @@ class ChatSession(Aggregate):
     def _post_user_message(self, message_id: UUID, content: str) -> None:
         self.last_user_message_id = message_id
 
+    @event("UserMessageEdited")
+    def edit_user_message(self, message_id: UUID, new_message_id: UUID, content: str) -> None:
+        """A new version of a sent message starts a branch from where that one was: what
+        followed the old version stays in the log, off the branch. The caller checks that
+        `message_id` is a user message of this session (the read model knows them all)."""
+        self.last_user_message_id = new_message_id
+
     def import_messages(self, messages: list[dict[str, Any]], source: str) -> None:
         """Record a conversation brought from a file, one event per message, each with a
         fresh id (a file's ids are never trusted) and its original time. An assistant

@@ -15,7 +15,7 @@ from projections.base import ISO_FORMAT, Projection, iso
 class MessagesProjection(Projection):
     name = "messages"
     tables = ("messages",)
-    version = 2  # 2: in_reply_to
+    version = 3  # 2: in_reply_to; 3: branches (parent_id, version_of, on_branch)
     schema = """
     CREATE TABLE IF NOT EXISTS messages (
         id TEXT PRIMARY KEY,
@@ -30,37 +30,64 @@ class MessagesProjection(Projection):
         metadata TEXT NOT NULL DEFAULT '{}',
         queue_position INTEGER,
         started_at TEXT,
-        in_reply_to TEXT
+        in_reply_to TEXT,
+        parent_id TEXT,
+        version_of TEXT,
+        on_branch INTEGER NOT NULL DEFAULT 1
     );
     CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, position);
+    CREATE INDEX IF NOT EXISTS messages_on_branch
+        ON messages (session_id, on_branch, position);
+    CREATE INDEX IF NOT EXISTS messages_by_version ON messages (version_of);
     CREATE INDEX IF NOT EXISTS messages_by_status ON messages (status);
     """
 
     def on_ChatSession_UserMessagePosted(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+        session_id = str(e.originator_id)
         db.execute(
-            "INSERT INTO messages (id, session_id, position, role, content, timestamp, status)"
-            " VALUES (?, ?, ?, 'user', ?, ?, 'complete')",
-            (str(e.message_id), str(e.originator_id), pos, e.content, iso(e.timestamp)),
+            "INSERT INTO messages (id, session_id, position, role, content, timestamp, status,"
+            " parent_id) VALUES (?, ?, ?, 'user', ?, ?, 'complete', ?)",
+            (str(e.message_id), session_id, pos, e.content, iso(e.timestamp),
+             _branch_tip(db, session_id)),
         )
+
+    def on_ChatSession_UserMessageEdited(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+        """The new version follows what the edited message followed; the current branch
+        becomes the path to it (the old one stays, off the branch, viewable)."""
+        session_id = str(e.originator_id)
+        parent_id, root = db.execute(
+            "SELECT parent_id, COALESCE(version_of, id) FROM messages WHERE id = ?",
+            (str(e.message_id),)).fetchone()
+        db.execute(
+            "INSERT INTO messages (id, session_id, position, role, content, timestamp, status,"
+            " parent_id, version_of) VALUES (?, ?, ?, 'user', ?, ?, 'complete', ?, ?)",
+            (str(e.new_message_id), session_id, pos, e.content, iso(e.timestamp), parent_id,
+             root),
+        )
+        _follow_branch(db, session_id, str(e.new_message_id))
 
     def on_ChatSession_MessageImported(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
         # The message's own time from the file, not the import's.
+        session_id = str(e.originator_id)
+        parent = _branch_tip(db, session_id) if e.role == "user" else None
         db.execute(
             "INSERT INTO messages (id, session_id, position, role, content, timestamp, status,"
-            " token_count, processing_time, metadata, in_reply_to)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (str(e.message_id), str(e.originator_id), pos, e.role, e.content, e.sent_at,
+            " token_count, processing_time, metadata, in_reply_to, parent_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (str(e.message_id), session_id, pos, e.role, e.content, e.sent_at,
              e.status, e.token_count, e.processing_time, _json(e.metadata),
-             str(e.in_reply_to) if e.in_reply_to else None),
+             str(e.in_reply_to) if e.in_reply_to else None, parent),
         )
 
     def on_ChatSession_ReplyQueued(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+        # A reply is on the branch its message is on.
         db.execute(
             "INSERT INTO messages (id, session_id, position, role, content, timestamp, status,"
-            " token_count, queue_position, in_reply_to)"
-            " VALUES (?, ?, ?, 'assistant', '', ?, 'queued', 0, ?, ?)",
+            " token_count, queue_position, in_reply_to, on_branch)"
+            " VALUES (?, ?, ?, 'assistant', '', ?, 'queued', 0, ?, ?,"
+            " COALESCE((SELECT on_branch FROM messages WHERE id = ?), 1))",
             (str(e.reply_id), str(e.originator_id), pos, iso(e.timestamp), e.queue_position,
-             str(e.in_reply_to)),
+             str(e.in_reply_to), str(e.in_reply_to)),
         )
 
     def on_ChatSession_ReplyStarted(self, db: sqlite3.Connection, e: Any, _: int) -> None:
@@ -121,6 +148,31 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
+def _branch_tip(db: sqlite3.Connection, session_id: str) -> str | None:
+    """The newest user message on the session's current branch: a new one follows it."""
+    row = db.execute(
+        "SELECT id FROM messages WHERE session_id = ? AND on_branch = 1 AND role = 'user'"
+        " ORDER BY position DESC LIMIT 1", (session_id,)).fetchone()
+    return str(row[0]) if row else None
+
+
+def _follow_branch(db: sqlite3.Connection, session_id: str, tip: str) -> None:
+    """Make the path from the first message to `tip` the session's current branch: those
+    user messages, their replies, and replies that answer no user message (imported)."""
+    chain: list[str] = []
+    current: str | None = tip
+    while current is not None:
+        chain.append(current)
+        row = db.execute("SELECT parent_id FROM messages WHERE id = ?", (current,)).fetchone()
+        current = row[0] if row else None
+    db.execute("UPDATE messages SET on_branch = 0 WHERE session_id = ?", (session_id,))
+    db.executemany("UPDATE messages SET on_branch = 1 WHERE id = ?", [(c,) for c in chain])
+    db.executemany("UPDATE messages SET on_branch = 1 WHERE in_reply_to = ? AND role ="
+                   " 'assistant'", [(c,) for c in chain])
+    db.execute("UPDATE messages SET on_branch = 1 WHERE session_id = ? AND role = 'assistant'"
+               " AND in_reply_to = id", (session_id,))
+
+
 COLUMNS = (
     "m.id, m.role, m.content, m.timestamp, m.status, m.token_count, m.processing_time,"
     " m.metadata, m.queue_position"
@@ -140,7 +192,8 @@ def message_view(row: Any) -> dict[str, Any]:
 
 async def list_messages(db: aiosqlite.Connection, session_id: str) -> list[dict[str, Any]]:
     async with db.execute(
-        f"SELECT {COLUMNS} FROM messages m WHERE m.session_id = ? ORDER BY m.position",
+        f"SELECT {COLUMNS} FROM messages m WHERE m.session_id = ? AND m.on_branch = 1"
+        " ORDER BY m.position",
         (session_id,),
     ) as cursor:
         return [message_view(row) for row in await cursor.fetchall()]
@@ -175,7 +228,7 @@ def history_before(
     chars = 0
     for message_id, role, content, status, in_reply_to in db.execute(
         "SELECT id, role, content, status, in_reply_to FROM messages"
-        " WHERE session_id = ? AND position < ? ORDER BY position DESC",
+        " WHERE session_id = ? AND on_branch = 1 AND position < ? ORDER BY position DESC",
         (session_id, position),
     ):
         if role == "assistant":
@@ -234,7 +287,8 @@ async def snapshot(db: aiosqlite.Connection, session_id: str) -> tuple[int, list
     there neither misses nor repeats anything."""
     async with db.execute(
         f"SELECT p.position AS applied, {COLUMNS} FROM projection_positions p"
-        " LEFT JOIN messages m ON m.session_id = ? WHERE p.name = 'messages'"
+        " LEFT JOIN messages m ON m.session_id = ? AND m.on_branch = 1"
+        " WHERE p.name = 'messages'"
         " ORDER BY m.position",
         (session_id,),
     ) as cursor:
@@ -274,3 +328,76 @@ async def queue_positions(db: aiosqlite.Connection, session_id: str) -> dict[str
         (session_id,),
     ) as cursor:
         return {row[0]: int(row[1]) for row in await cursor.fetchall()}
+
+
+# -- branches: a user message edited is a new version; the current branch is the path of
+# versions the session follows now (on_branch), the others stay viewable.
+
+BRANCH_COLUMNS = "m.id, m.session_id, m.role, m.position, m.parent_id, m.version_of, m.on_branch"
+
+
+async def branch_row(db: aiosqlite.Connection, message_id: str) -> dict[str, Any] | None:
+    """Where a message stands: its session, role, parent, first version, on the branch."""
+    async with db.execute(f"SELECT {BRANCH_COLUMNS} FROM messages m WHERE m.id = ?",
+                          (message_id,)) as cursor:
+        row = await cursor.fetchone()
+    return dict(row) if row else None
+
+
+async def versions(db: aiosqlite.Connection, session_id: str) -> dict[str, list[str]]:
+    """{first version's id: every version's id, oldest first} of the session's edited
+    user messages (messages never edited are absent)."""
+    async with db.execute(
+        "SELECT m.id, COALESCE(m.version_of, m.id) FROM messages m"
+        " WHERE m.session_id = ? AND m.role = 'user' AND (m.version_of IS NOT NULL OR"
+        "  EXISTS (SELECT 1 FROM messages v WHERE v.version_of = m.id))"
+        " ORDER BY m.position", (session_id,),
+    ) as cursor:
+        groups: dict[str, list[str]] = {}
+        for message_id, root in await cursor.fetchall():
+            groups.setdefault(root, []).append(message_id)
+    return groups
+
+
+async def path_through(db: aiosqlite.Connection, session_id: str,
+                       message_id: str) -> list[dict[str, Any]]:
+    """The conversation as it went through one version of a message: the messages it
+    followed, then at each later step the newest version that followed it."""
+    async with db.execute(
+        f"SELECT {BRANCH_COLUMNS}, m.in_reply_to FROM messages m WHERE m.session_id = ?"
+        " ORDER BY m.position", (session_id,),
+    ) as cursor:
+        rows = [dict(row) for row in await cursor.fetchall()]
+    users = {r["id"]: r for r in rows if r["role"] == "user"}
+    if message_id not in users:
+        return []
+    path: list[str] = []
+    current: str | None = message_id
+    while current is not None:
+        path.append(current)
+        current = users[current]["parent_id"]
+    path.reverse()
+    newest_child: dict[str | None, str] = {}
+    for user in users.values():  # in position order: the last one seen is the newest
+        newest_child[user["parent_id"]] = user["id"]
+    while path[-1] in newest_child:
+        path.append(newest_child[path[-1]])
+    on_path = set(path)
+    shown = {r["id"] for r in rows if r["id"] in on_path or (
+        r["role"] == "assistant" and (r["in_reply_to"] in on_path or r["in_reply_to"] == r["id"]))}
+    async with db.execute(
+        f"SELECT {COLUMNS} FROM messages m WHERE m.session_id = ? ORDER BY m.position",
+        (session_id,),
+    ) as cursor:
+        return [message_view(row) for row in await cursor.fetchall() if row["id"] in shown]
+
+
+async def branch_fields(db: aiosqlite.Connection, session_id: str) -> dict[str, dict[str, Any]]:
+    """{message id: {parent_id, version_of, on_branch}} of every message of the session,
+    old branches included (what an export needs to carry the branches)."""
+    async with db.execute(
+        "SELECT id, parent_id, version_of, on_branch FROM messages WHERE session_id = ?",
+        (session_id,),
+    ) as cursor:
+        return {row[0]: {"parent_id": row[1], "version_of": row[2], "on_branch": bool(row[3])}
+                for row in await cursor.fetchall()}

@@ -14,7 +14,7 @@ from app.auth import optional_user, require_user, services_of
 from app.http_input import read_form
 from app.pages.live import live_events
 from app.pages.render import fragment, limits, page
-from app.usecases import chats
+from app.usecases import branches, chats
 from app.usecases.errors import InvalidInput
 
 SETTINGS_FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens")
@@ -67,6 +67,7 @@ async def chat_page(request: Request) -> Response:
         "model_loaded": services.model_loaded,
         "limits": limits(request),
         "values": {key: config.get(key, "") for key in SETTINGS_FIELDS},
+        "versions": await branches.version_map(services, shown.session["id"]),
     })
 
 
