@@ -5,8 +5,14 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from tests.server import Api, ServerProcess
+from playwright.sync_api import BrowserContext, expect
+
+from tests.server import ROOT, Api, ServerProcess
+from tests.test_browser import signed_in_page
 from tests.test_pages import browser_client
+from tests.test_profile_browser import browser, context  # noqa: F401  (fixtures)
+
+ARTIFACTS = ROOT / "test-artifacts"
 
 
 def turn(api: Api, session_id: str, text: str) -> dict[str, Any]:
@@ -117,3 +123,32 @@ def test_editing_from_the_page(server: ServerProcess, user: Api) -> None:
                        headers={"X-CSRF-Token": csrf, "HX-Request": "true"})
     assert done.status_code == 204 and done.headers["HX-Redirect"] == f"/chats/{session['id']}"
     assert [c for r, c in contents(user, session["id"]) if r == "user"] == ["바뀐 질문"]
+
+
+def test_edit_and_view_versions_in_the_browser(context: BrowserContext,  # noqa: F811
+                                               server: ServerProcess, user: Api) -> None:
+    session = user.new_session(max_tokens=8)
+    sid = session["id"]
+    first = turn(user, sid, "처음 질문")
+    page = signed_in_page(context, server, user)
+    page.goto(f"{server.url}/chats/{sid}")
+    tools = page.locator(f"#tools-{first['message']['id']}")
+    tools.locator("summary").click()
+    box = tools.locator("textarea")
+    expect(box).to_have_value("처음 질문")
+    box.fill("고쳐 쓴 질문")
+    tools.get_by_role("button", name="Save and send").click()
+
+    expect(page.locator("article.message--user .message__body")).to_have_text(["고쳐 쓴 질문"])
+    expect(page.locator(".versions__count")).to_have_text("2 / 2")
+    expect(page.locator("article.message--assistant").last).to_have_attribute(
+        "data-status", "complete", timeout=60_000)
+    page.get_by_label("Previous version").click()
+    page.wait_for_url(f"**/versions/{first['message']['id']}")
+    expect(page.locator("article.message--user .message__body")).to_have_text(["처음 질문"])
+    expect(page.locator(".viewing-version")).to_contain_text("earlier version")
+    expect(page.locator("#composer")).to_have_count(0)
+    page.screenshot(path=str(ARTIFACTS / "branch-old-version.png"), full_page=True)
+    page.get_by_label("Next version").click()
+    page.wait_for_url(f"**/chats/{sid}*")
+    expect(page.locator("article.message--user .message__body")).to_have_text(["고쳐 쓴 질문"])
