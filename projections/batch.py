@@ -23,9 +23,6 @@ Batch = Sequence[tuple[Notification, DomainEventProtocol[Any]]]
 
 class BatchProjection(Projection):
     def apply_batch(self, db: sqlite3.Connection, batch: Batch) -> None:
-        raise NotImplementedError
-
-    def apply(
-        self, db: sqlite3.Connection, event: DomainEventProtocol[Any], position: int
-    ) -> None:
-        raise TypeError(f"{self.name} is applied by batches of records: use apply_batch")
+        """By default, one event at a time through the `on_*` handlers."""
+        for record, event in batch:
+            self.apply(db, event, record.id)

@@ -93,6 +93,9 @@ class EventIndexProjection(BatchProjection):
         self._users = {UUID(u): i for i, u in db.execute("SELECT id, user_id FROM event_users")}
         self._owners = {UUID(o): u for o, u in db.execute("SELECT * FROM event_owners")}
 
+    def apply(self, db: sqlite3.Connection, event: Any, position: int) -> None:
+        raise TypeError(f"{self.name} is applied by batches: use apply_batch")
+
     def apply_batch(self, db: sqlite3.Connection, batch: Batch) -> None:
         self._load(db)
         types, users, owners, fields = self._types, self._users, self._owners, self._fields

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import sqlite3
 from hashlib import sha256
+from typing import Any
 from uuid import UUID
 
 import aiosqlite
@@ -69,6 +70,9 @@ class HashChainProjection(BatchProjection):
         hash BLOB NOT NULL
     );
     """
+
+    def apply(self, db: sqlite3.Connection, event: Any, position: int) -> None:
+        raise TypeError(f"{self.name} is applied by batches: use apply_batch")
 
     def apply_batch(self, db: sqlite3.Connection, batch: Batch) -> None:
         """Extend the chain by the batch's records (in log order, after the chain's head)."""

@@ -9,10 +9,11 @@ from typing import Any
 
 import aiosqlite
 
-from projections.base import ISO_FORMAT, Projection, iso
+from projections.base import ISO_FORMAT, iso
+from projections.batch import Batch, BatchProjection
 
 
-class MessagesProjection(Projection):
+class MessagesProjection(BatchProjection):
     name = "messages"
     tables = ("messages",)
     version = 3  # 2: in_reply_to; 3: branches (parent_id, version_of, on_branch)
@@ -41,6 +42,31 @@ class MessagesProjection(Projection):
     CREATE INDEX IF NOT EXISTS messages_by_version ON messages (version_of);
     CREATE INDEX IF NOT EXISTS messages_by_status ON messages (status);
     """
+
+    def apply_batch(self, db: sqlite3.Connection, batch: Batch) -> None:
+        """Event by event, except that a reply's token batches in a row become one UPDATE
+        (a rebuild is mostly tokens); any other event first writes the tokens before it."""
+        pending: dict[str, tuple[list[str], int]] = {}
+        for record, event in batch:
+            e: Any = event
+            if type(e).__qualname__ == "ChatSession.TokensGenerated":
+                texts, count = pending.get(str(e.reply_id), ([], 0))
+                texts.append(e.text)
+                pending[str(e.reply_id)] = (texts, count + e.token_count)
+                continue
+            if pending:
+                self._add_tokens(db, pending)
+            self.apply(db, event, record.id)
+        if pending:
+            self._add_tokens(db, pending)
+
+    def _add_tokens(self, db: sqlite3.Connection,
+                    pending: dict[str, tuple[list[str], int]]) -> None:
+        db.executemany(
+            "UPDATE messages SET content = content || ?, token_count = token_count + ?"
+            " WHERE id = ?",
+            [("".join(texts), count, reply_id) for reply_id, (texts, count) in pending.items()])
+        pending.clear()
 
     def on_ChatSession_UserMessagePosted(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
         session_id = str(e.originator_id)

@@ -80,8 +80,10 @@ class EventBrowser:
     def __init__(self, read_model_path: Path, event_store_path: Path,
                  mapper: Mapper[UUID]) -> None:
         self.mapper = mapper
-        self.db = sqlite3.connect(f"file:{read_model_path}?mode=ro", uri=True,
-                                  check_same_thread=False)
+        # Without read models (never started, or removed) the log alone still lists;
+        # filters then fail on the missing index, which callers report.
+        main = f"file:{read_model_path}?mode=ro" if read_model_path.is_file() else ":memory:"
+        self.db = sqlite3.connect(main, uri=True, check_same_thread=False)
         self.db.execute("ATTACH DATABASE ? AS log", (f"file:{event_store_path}?mode=ro",))
 
     def close(self) -> None:

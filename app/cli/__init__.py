@@ -9,6 +9,7 @@ same program. One module per group of commands; the work itself is in app/audit.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 
 from app.audit.backup import BackupError
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return PROBLEM
     except FileNotFoundError as error:
         ctx.warn(f"not found: {error}")
+        return PROBLEM
+    except sqlite3.Error as error:  # a damaged or foreign file, read models not built yet
+        ctx.warn(f"database error: {error}")
         return PROBLEM
     except BrokenPipeError:  # `localchat events list | head`
         sys.stderr.close()

@@ -15,6 +15,8 @@ from app.audit.stats import collect
 from app.audit.store import mapper, open_application
 from app.cli.common import OK, USAGE, Context, add_command
 from app.usecases import fields
+from app.usecases.errors import InvalidInput
+from domain.errors import UsernameTaken
 
 
 def stats_command(ctx: Context, _args: argparse.Namespace) -> int:
@@ -63,6 +65,8 @@ def create_admin_command(ctx: Context, args: argparse.Namespace) -> int:
     chat = ChatApplication(env=event_store_env(ctx.settings))  # the first run creates it
     try:
         user_id = accounts.create_admin(chat, username, email, password)
+    except UsernameTaken:
+        raise InvalidInput("username", "that username is already taken.") from None
     finally:
         chat.close()
     if ctx.json:

@@ -62,9 +62,10 @@ def _show(ctx: Context, events: list[LoggedEvent]) -> None:
 
 def _open(ctx: Context) -> EventBrowser:
     settings = ctx.settings
-    browser = EventBrowser(settings.read_model_path, settings.event_store_path,
-                           mapper(settings))
-    return browser
+    if not settings.event_store_path.is_file():
+        raise FileNotFoundError(f"no event store at {settings.event_store_path}")
+    return EventBrowser(settings.read_model_path, settings.event_store_path,
+                        mapper(settings))
 
 
 def _warn_if_behind(ctx: Context, browser: EventBrowser, where: EventFilter) -> None:
