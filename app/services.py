@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -18,9 +19,11 @@ from app.config import Settings
 from app.conversations import ConversationReader
 from app.event_log import EventLog
 from app.inference.actor import InferenceActor, Tuning
+from app.inference.engine import Engine
 from app.inference.llama_engine import LlamaEngine
 from app.read_connection import connect_read
 from app.inference.registry import ModelRegistry, parse_paths
+from app.inference.switching import ModelSwitcher
 from app.metrics import Metrics
 from app.security import LoginLimiter, load_secret
 from app.usecases.errors import Unavailable
@@ -74,6 +77,10 @@ class Services:
     def models(self) -> ModelRegistry:
         s = self.settings
         return ModelRegistry(s.models_dir, parse_paths(s.model_paths), s.model_path)
+
+    @cached_property
+    def switcher(self) -> ModelSwitcher:
+        return ModelSwitcher(self.actor, lambda path: build_engine(self.settings, path))
 
     @property
     def model_loaded(self) -> bool:
@@ -133,6 +140,11 @@ async def interrupt_open_replies(services: Services) -> None:
             log.info("reply %s: %s", reply_id, error)
 
 
+def build_engine(settings: Settings, path: Path) -> Engine:
+    """The engine for one model file (at startup, and when a reply switches models)."""
+    return LlamaEngine(path, settings.n_ctx, settings.n_threads, settings.n_gpu_layers)
+
+
 async def load_model(services: Services) -> None:
     settings = services.settings
     if not settings.model_path.is_file():
@@ -141,9 +153,7 @@ async def load_model(services: Services) -> None:
         return
     try:
         services.actor.engine = await anyio.to_thread.run_sync(
-            lambda: LlamaEngine(settings.model_path, settings.n_ctx, settings.n_threads,
-                                settings.n_gpu_layers)
-        )
+            build_engine, settings, settings.model_path)
         log.info("model %s loaded", services.actor.engine.info.id)
     except Exception as error:  # a broken file must not stop the server from serving
         services.actor.load_error = f"The model could not be loaded: {error}"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.server import ROOT, Api, assert_error, sse_events
+from tests.server import ROOT, Api, ServerProcess, assert_error, sse_events
 
 MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
 MODEL_FILE = ROOT / "models" / f"{MODEL_ID}.gguf"
@@ -116,3 +116,47 @@ def test_hidden_sessions_stay_out_of_the_list_but_chats_do_not(user: Api) -> Non
     assert user.post("/api/llm/generate/", json={"prompt": "하나", "max_tokens": 1}
                      ).status_code == 200
     assert [s["id"] for s in user.get("/api/sessions/").json()] == [chat["id"]]
+
+
+def test_a_request_for_another_registry_model_switches_to_it_when_idle(tmp_path: Path) -> None:
+    """A second model file (a link to the same weights under another name) in MODEL_PATHS."""
+    extra = tmp_path / "more-models"
+    extra.mkdir()
+    (extra / "다른-모델.gguf").symlink_to(MODEL_FILE)
+    process = ServerProcess(tmp_path / "data", MODEL_PATHS=str(extra)).start()
+    try:
+        user = Api(process.url).register()
+        listed = {m["id"]: m for m in user.get("/api/llm/models/").json()}
+        assert set(listed) == {MODEL_ID, "다른-모델"}
+        assert listed["다른-모델"]["loaded"] is False and listed["다른-모델"]["default"] is False
+        assert listed["다른-모델"]["n_ctx"] == 4096
+
+        # Busy with the loaded model: a request for the other one waits, with Retry-After.
+        chat = user.new_session(max_tokens=400)
+        user.post_message(chat["id"], "아주 긴 이야기를 들려주세요.")
+        busy = user.post("/v1/chat/completions", json={
+            "model": "다른-모델", "messages": [{"role": "user", "content": "안녕"}]})
+        assert busy.status_code == 503, busy.text
+        assert int(busy.headers["retry-after"]) > 0
+        assert busy.json()["error"]["code"] == "model_busy"
+        assert user.post(f"/api/sessions/{chat['id']}/cancel/").status_code == 202
+
+        # Idle: it switches, answers with the other model, and the list says so.
+        running = user.get(f"/api/sessions/{chat['id']}/messages/").json()[-1]
+        user.wait_reply(chat["id"], running["id"])
+        answer = user.post("/v1/chat/completions", json={
+            "model": "다른-모델", "max_tokens": 2,
+            "messages": [{"role": "user", "content": "안녕"}]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "다른-모델"
+        listed = {m["id"]: m for m in user.get("/api/llm/models/").json()}
+        assert listed["다른-모델"]["loaded"] and not listed[MODEL_ID]["loaded"]
+        assert listed[MODEL_ID]["default"]
+
+        # A chat of the first model switches back for its next reply.
+        queued = user.post_message(chat["id"], "다시 짧게 답해 주세요.")
+        reply = user.wait_reply(chat["id"], queued["reply"]["id"])
+        assert reply["status"] == "complete" and reply["metadata"]["model_version"] == MODEL_ID
+        assert_error(user.post("/api/sessions/", json={"model": "없는-모델"}), 400, field="model")
+    finally:
+        process.stop()

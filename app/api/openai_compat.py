@@ -115,8 +115,7 @@ async def chat_completions(request: Request) -> Response:
     if model is not None and not isinstance(model, str):
         raise InvalidInput("model", "must be a string.")
     generation = llm.chat_request(services, body)
-    llm.resolve_model(services, model)
-    queued = await llm.start(services, user["id"], generation)
+    queued = await llm.start(services, user["id"], generation, llm.find_model(services, model))
     if stream:
         chunks = stream_chunks(services, user["id"], queued, generation.sampling.stop,
                                bool(options.get("include_usage")))

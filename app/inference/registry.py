@@ -131,9 +131,10 @@ class ModelRegistry:
                 found += sorted(p for p in place.glob("*.gguf") if p.is_file())
             elif place.is_file():
                 found.append(place)
+        # One entry per path, not per inode: a link is another name for a model on purpose.
         unique: dict[Path, Path] = {}
         for path in found:
-            unique.setdefault(path.resolve(), path)
+            unique.setdefault(path.absolute(), path)
         return list(unique.values())
 
     def models(self) -> list[ModelFile]:
@@ -154,12 +155,12 @@ class ModelRegistry:
             if model.id not in seen_ids:  # the first file of a name wins
                 seen_ids.add(model.id)
                 listed.append(model)
-        default = self.default_path.resolve()
-        listed.sort(key=lambda m: m.path.resolve() != default)
+        default = self.default_path.absolute()
+        listed.sort(key=lambda m: m.path.absolute() != default)
         return listed
 
     def find(self, model_id: str) -> ModelFile | None:
         return next((m for m in self.models() if m.id == model_id), None)
 
     def is_default(self, model: ModelFile) -> bool:
-        return model.path.resolve() == self.default_path.resolve()
+        return model.path.absolute() == self.default_path.absolute()

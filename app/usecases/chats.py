@@ -69,8 +69,9 @@ def session_fields(
         "max_tokens": fields.integer(values, "max_tokens", low=1, high=max_tokens_limit(services)),
         "model": fields.text(values, "model", max_len=200),
     }
-    if config["model"] is not None and config["model"] != services.model_id:
-        raise InvalidInput("model", f"unknown model; available: {services.model_id}.")
+    if config["model"] is not None and services.models.find(config["model"]) is None:
+        available = ", ".join(m.id for m in services.models.models())
+        raise InvalidInput("model", f"unknown model; available: {available}.")
     return title, {k: value for k, value in config.items() if value is not None}
 
 
@@ -175,7 +176,7 @@ async def post_message(services: Services, user_id: str, session_id: str,
     def record(queue_position: int) -> tuple[UUID, UUID, int]:
         return services.chat.post_message(uuid, UUID(user_id), text, queue_position)
 
-    return await _queue_reply(services, uuid, record)
+    return await _queue_reply(services, uuid, record, session["config"].get("model"))
 
 
 async def regenerate(services: Services, user_id: str, session_id: str) -> dict[str, Any]:
@@ -186,7 +187,7 @@ async def regenerate(services: Services, user_id: str, session_id: str) -> dict[
     def record(queue_position: int) -> tuple[UUID, UUID, int]:
         return services.chat.regenerate(uuid, UUID(user_id), queue_position)
 
-    return await _queue_reply(services, uuid, record)
+    return await _queue_reply(services, uuid, record, session["config"].get("model"))
 
 
 async def cancel_reply(services: Services, user_id: str, session_id: str) -> None:
@@ -195,8 +196,17 @@ async def cancel_reply(services: Services, user_id: str, session_id: str) -> Non
     await _stop_replies(services, UUID(session["id"]))
 
 
-async def _queue_reply(services: Services, session_id: UUID,
-                       record: QueueCommand) -> dict[str, Any]:
+async def _queue_reply(services: Services, session_id: UUID, record: QueueCommand,
+                       model_id: str | None = None) -> dict[str, Any]:
+    # The session's model answers: the server switches to it when idle (else 503). A model
+    # whose file is gone falls back to the loaded one.
+    model = services.models.find(model_id) if model_id else None
+    async with services.switcher.using(model):
+        return await _queue_reply_now(services, session_id, record)
+
+
+async def _queue_reply_now(services: Services, session_id: UUID,
+                           record: QueueCommand) -> dict[str, Any]:
     try:
         queue_position = services.actor.next_position()
     except ModelNotLoaded as error:

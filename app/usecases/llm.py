@@ -61,18 +61,14 @@ def list_models(services: Services) -> list[dict[str, Any]]:
     return listed
 
 
-def resolve_model(services: Services, model_id: str | None) -> ModelFile | None:
-    """The loaded model for `model_id` (None: the loaded one). NotFound for an unknown id;
-    Unavailable for a known file that is not the one loaded (no switching yet)."""
-    loaded = loaded_model_id(services)
-    if model_id is None or model_id == loaded:
-        return services.models.find(loaded) if loaded else None
+def find_model(services: Services, model_id: str | None) -> ModelFile | None:
+    """The registry's model `model_id` (None: whichever is loaded); NotFound if unknown."""
+    if model_id is None:
+        return None
     model = services.models.find(model_id)
     if model is None:
         raise NotFound("model")
-    raise Unavailable("model_not_loaded",
-                      f"The model {model_id} is not the one loaded ({loaded}).",
-                      chats.MODEL_RETRY_SECONDS)
+    return model
 
 
 # -- requests ----------------------------------------------------------------------------
@@ -218,8 +214,16 @@ def _imported(earlier: list[tuple[str, str]]) -> list[dict[str, Any]]:
             for role, content in earlier]
 
 
-async def start(services: Services, user_id: str, request: Request) -> Queued:
-    """Record the hidden session, the prompt and a queued reply; hand it to the actor."""
+async def start(services: Services, user_id: str, request: Request,
+                model: ModelFile | None = None) -> Queued:
+    """Record the hidden session, the prompt and a queued reply; hand it to the actor.
+
+    With `model`, that model answers: the server switches to it when idle (else 503)."""
+    async with services.switcher.using(model):
+        return await _start(services, user_id, request)
+
+
+async def _start(services: Services, user_id: str, request: Request) -> Queued:
     try:
         queue_position = services.actor.next_position()
     except ModelNotLoaded as error:
