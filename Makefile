@@ -13,7 +13,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 run: install model assets
 	@echo "Open http://$(HOST):$(PORT)/ in your browser."
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --no-proxy-headers
 
 test: install model assets browser
 	$(BIN)/ruff check .

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
-from app.security import csrf_token
+from app.security import csrf_token, form_csrf_token, forwarded_client, new_token
 from app.services import Services
 from app.usecases import accounts
 from app.usecases.errors import Forbidden, NotAuthenticated
@@ -65,5 +67,40 @@ async def require_admin(request: Request) -> dict[str, Any]:
     return user
 
 
+FORM_NONCE_COOKIE = "form_nonce"
+FORM_CSRF_FIELD = "csrf_token"
+FORM_NONCE_SECONDS = 86400
+
+
+def form_nonce(request: Request) -> str:
+    """The browser's pre-session nonce, or a new one (`set_form_nonce` sends it)."""
+    nonce = request.cookies.get(FORM_NONCE_COOKIE, "")
+    return nonce if 32 <= len(nonce) <= 64 and nonce.isascii() else new_token()
+
+
+def form_csrf(request: Request, nonce: str) -> str:
+    return form_csrf_token(services_of(request).secret, nonce)
+
+
+def set_form_nonce(request: Request, response: Response, nonce: str) -> None:
+    response.set_cookie(FORM_NONCE_COOKIE, nonce, max_age=FORM_NONCE_SECONDS, httponly=True,
+                        samesite="strict", secure=services_of(request).settings.cookie_secure,
+                        path="/")
+
+
+def check_form_csrf(request: Request, form: Mapping[str, Any]) -> None:
+    """Sign-in and sign-up forms must carry the token matching the browser's nonce."""
+    nonce = request.cookies.get(FORM_NONCE_COOKIE, "")
+    sent = str(form.get(FORM_CSRF_FIELD, ""))
+    expected = form_csrf(request, nonce) if nonce else ""
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise Forbidden("The form expired or did not come from this site; try again.",
+                        code="csrf_failed")
+
+
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The client's address: the TCP peer, or, when the peer is a trusted proxy, the
+    nearest address in X-Forwarded-For that is not one of the trusted proxies."""
+    peer = request.client.host if request.client else "unknown"
+    trusted = services_of(request).trusted_proxies
+    return forwarded_client(peer, request.headers.getlist("x-forwarded-for"), trusted)

@@ -59,8 +59,19 @@ class Settings(BaseSettings):
     login_window_seconds: int = Field(default=300, ge=1)
     secret_key: str = ""  # signs CSRF tokens; generated into DATA_DIR when empty
     cookie_secure: bool = False
+    # Peers (addresses or CIDR networks, comma-separated) whose X-Forwarded-For is believed;
+    # empty: none, the TCP peer is the client. Run uvicorn with --no-proxy-headers so it
+    # does not rewrite the peer itself (it trusts loopback by default).
+    trusted_proxies: str = ""
+    # Sign-up: false closes it once the first user (the admin) exists.
+    open_registration: bool = True
+    register_max_per_address: int = Field(default=60, ge=1)
+    register_window_seconds: int = Field(default=60, ge=1)
+    # Password hashes (64 MiB each) computed at once; more wait, other work goes on.
+    hash_concurrency: int = Field(default=2, ge=1)
 
     sse_ping_seconds: float = 15.0
+    max_streams_per_user: int = Field(default=20, ge=1)  # open SSE streams (tabs) per user
 
     @cached_property
     def event_store_path(self) -> Path:

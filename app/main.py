@@ -25,7 +25,9 @@ from app.pages import exports as exports_page
 from app.pages import profile as profile_page
 from app.pages import signals as signals_page
 from app.pages.errors import page_error
+from app.security_headers import SecurityHeaders
 from app.services import start_services, stop_services
+from app.usecases import accounts as account_cases
 from app.usecases.errors import UseCaseError
 
 API_PREFIXES = ("/api/", "/healthz", "/metrics", "/v1/")
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await start_services(settings)
+        await account_cases.restore_sign_in_throttle(services)
         app.state.services = services
         try:
             yield
@@ -76,7 +79,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(metrics_api.SseClientsMiddleware)],
+        middleware=[Middleware(SecurityHeaders, hsts=settings.cookie_secure),
+                    Middleware(metrics_api.SseClientsMiddleware)],
         exception_handlers={
             UseCaseError: on_use_case_error,
             HTTPException: on_http_error,

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,11 +21,11 @@ from app.event_log import EventLog
 from app.inference.actor import InferenceActor, Tuning
 from app.inference.engine import Engine
 from app.inference.llama_engine import LlamaEngine
-from app.read_connection import connect_read
 from app.inference.registry import ModelRegistry, parse_paths
 from app.inference.switching import ModelSwitcher
 from app.metrics import Metrics
-from app.security import LoginLimiter, load_secret
+from app.read_connection import connect_read
+from app.security import LoginLimiter, Network, RateWindow, load_secret, parse_networks
 from app.usecases.errors import Unavailable
 from app.watch import PositionWatch
 from domain.application import ChatApplication
@@ -61,6 +61,10 @@ class Services:
     conversations: ConversationReader
     login_limiter: LoginLimiter
     secret: bytes
+    trusted_proxies: tuple[Network, ...] = ()
+    registrations: RateWindow = field(default_factory=lambda: RateWindow(60, 60))
+    # Password hashing runs in these few threads, not the shared worker pool it could fill.
+    hashing: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
     actor_task: asyncio.Task[None] | None = None
     metrics: Metrics | None = None
 
@@ -118,6 +122,10 @@ async def start_services(settings: Settings) -> Services:
         conversations=conversations,
         login_limiter=LoginLimiter(settings.login_max_failures, settings.login_window_seconds),
         secret=load_secret(settings.secret_key, settings.data_dir),
+        trusted_proxies=parse_networks(settings.trusted_proxies),
+        registrations=RateWindow(settings.register_max_per_address,
+                                 settings.register_window_seconds),
+        hashing=anyio.CapacityLimiter(settings.hash_concurrency),
     )
     await interrupt_open_replies(services)
     await load_model(services)

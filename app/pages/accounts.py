@@ -8,7 +8,17 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from app.auth import SESSION_COOKIE, client_address, optional_user, require_user, services_of
+from app.auth import (
+    SESSION_COOKIE,
+    check_form_csrf,
+    client_address,
+    form_csrf,
+    form_nonce,
+    optional_user,
+    require_user,
+    services_of,
+    set_form_nonce,
+)
 from app.errors import headers_of, status_of
 from app.http_input import read_form
 from app.pages.render import page
@@ -48,22 +58,32 @@ def signed_in(request: Request, token: str, target: str) -> Response:
     return response
 
 
+def form_page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    """A sign-in or sign-up form, with its CSRF token (there is no session to bind it to)."""
+    nonce = form_nonce(request)
+    response = page(request, name, {**context, "form_csrf": form_csrf(request, nonce)}, status)
+    set_form_nonce(request, response, nonce)
+    return response
+
+
 async def login_page(request: Request) -> Response:
     target = safe_next(request.query_params.get("next"))
     if request.method == "GET":
         if await optional_user(request):
             return RedirectResponse(target, 303)
-        return page(request, "auth/login.html", {"values": {}, "errors": {}, "next": target})
+        return form_page(request, "auth/login.html",
+                         {"values": {}, "errors": {}, "next": target})
     form = await form_of(request)
     values = {"username": str(form.get("username", ""))}
     target = safe_next(str(form.get("next", "")))
     try:
+        check_form_csrf(request, form)
         result = await accounts.sign_in(services_of(request), values["username"],
                                          str(form.get("password", "")), client_address(request))
     except UseCaseError as error:
         context: dict[str, Any] = {"values": values, "errors": {}, "next": target,
                                    "form_error": error.message}
-        response = page(request, "auth/login.html", context, status_of(error))
+        response = form_page(request, "auth/login.html", context, status_of(error))
         response.headers.update(headers_of(error))
         return response
     return signed_in(request, result.token, target)
@@ -71,16 +91,19 @@ async def login_page(request: Request) -> Response:
 
 async def register_page(request: Request) -> Response:
     if request.method == "GET":
-        return page(request, "auth/register.html", {"values": {}, "errors": {}})
+        return form_page(request, "auth/register.html", {"values": {}, "errors": {}})
     form = await form_of(request)
     body = {key: str(form.get(key, "")) for key in ("username", "email", "password")}
     try:
+        check_form_csrf(request, form)
         result = await accounts.register(services_of(request), body, client_address(request))
     except UseCaseError as error:
         errors, form_error = field_errors(error)
         values = {k: body[k] for k in ("username", "email")}
         context = {"values": values, "errors": errors, "form_error": form_error}
-        return page(request, "auth/register.html", context, status_of(error))
+        response = form_page(request, "auth/register.html", context, status_of(error))
+        response.headers.update(headers_of(error))
+        return response
     return signed_in(request, result.token, "/chats")
 
 

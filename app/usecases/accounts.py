@@ -23,6 +23,7 @@ from projections.base import iso
 PROFILE_KEYS = ("id", "username", "email", "display_name", "is_admin", "created_at")
 DISPLAY_NAME_CHARS = 64
 SIGN_IN_USERNAME_CHARS = 256
+THROTTLE_RESTORE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,16 @@ async def register(services: Services, values: Mapping[str, Any], address: str) 
     email = fields.email(values)
     password = fields.password(values)
     assert email is not None
-    password_hash = await anyio.to_thread.run_sync(hash_password, password)
+    if (not services.settings.open_registration
+            and await users_read.count_users(services.read_db) > 0):
+        raise Forbidden("Sign-up is closed here; ask an administrator for an account.",
+                        code="registration_closed")
+    retry_after = services.registrations.admit(address)
+    if retry_after:
+        raise RateLimited(f"Too many sign-ups from this address. Try again in {retry_after}"
+                          " seconds.", retry_after)
+    password_hash = await anyio.to_thread.run_sync(hash_password, password,
+                                                   limiter=services.hashing)
     token = new_token()
     chat = services.chat
     try:
@@ -57,6 +67,7 @@ async def register(services: Services, values: Mapping[str, Any], address: str) 
         raise Conflict("username_taken", "username: that username is already taken.",
                        field="username") from None
     position = await services.command(chat.log_in, user.id, token_hash(token), address)
+    services.login_limiter.remember_address(username_key(username), address)
     await services.settle(position)
     return SignedIn(await _read_user(services, user.id), token)
 
@@ -66,22 +77,24 @@ async def sign_in(services: Services, username: str, password: str, address: str
     # Bounded before it becomes a throttling key: any string sent would otherwise be kept.
     username = fields.required_text({"username": username}, "username",
                                     max_len=SIGN_IN_USERNAME_CHARS, allow_blank=False)
-    keys = (f"user:{username_key(username)}", f"addr:{address}")
+    # Keyed on the account's name and the address; the attempt is admitted (and counted as
+    # a failure until it succeeds) before any await, so concurrent guesses queue up here.
+    account = username_key(username)
     limiter = services.login_limiter
-    retry_after = limiter.retry_after(*keys)
+    retry_after = limiter.admit(account, address)
     if retry_after:
         raise RateLimited(f"Too many failed sign-ins. Try again in {retry_after} seconds.",
                           retry_after)
     user = await services.command(services.chat.find_user, username)
     ok = await anyio.to_thread.run_sync(
-        verify_password, user.password_hash if user else None, password
+        verify_password, user.password_hash if user else None, password,
+        limiter=services.hashing,
     )
     if user is None or not ok:
-        limiter.fail(*keys)
         if user is not None:
             await services.command(services.chat.record_failed_login, user.id, address)
         raise InvalidCredentials()
-    limiter.succeed(*keys)
+    limiter.succeed(account, address)
     if user.disabled:  # the password was right, so saying why is no leak
         raise Forbidden("This account is disabled; ask an administrator.",
                         code="account_disabled")
@@ -89,6 +102,38 @@ async def sign_in(services: Services, username: str, password: str, address: str
     position = await services.command(services.chat.log_in, user.id, token_hash(token), address)
     await services.settle(position)
     return SignedIn(await _read_user(services, user.id), token)
+
+
+async def restore_sign_in_throttle(services: Services) -> None:
+    """Rebuild the sign-in throttle from the log, so a restart forgets no failed attempt
+    (within the window) and no address an account has signed in from."""
+    limiter, names = services.login_limiter, dict[str, str]()
+
+    async def account_of(user_id: UUID) -> str | None:
+        key = str(user_id)
+        if key not in names:
+            user = await users_read.get_user(services.read_db, key)
+            if user is None:
+                return None
+            names[key] = username_key(user["username"])
+        return names[key]
+
+    for type_name in ("User.LoginFailed", "User.LoggedIn"):
+        after = 0
+        while True:
+            batch = await services.event_log.select(after, THROTTLE_RESTORE_BATCH, type_name)
+            for logged in batch:
+                event: Any = logged.event
+                account = await account_of(event.originator_id)
+                if account is None:
+                    continue
+                if type_name == "User.LoginFailed":
+                    limiter.restore_failure(account, event.address, event.timestamp.timestamp())
+                else:
+                    limiter.remember_address(account, event.address)
+                after = logged.position
+            if len(batch) < THROTTLE_RESTORE_BATCH:
+                break
 
 
 async def sign_out(services: Services, user_id: str, token: str) -> None:
