@@ -22,6 +22,7 @@ from app.pages import accounts, assets, chat
 from app.pages import admin as admin_pages
 from app.pages import branches as branches_page
 from app.pages import exports as exports_page
+from app.pages import history as history_page
 from app.pages import profile as profile_page
 from app.pages import signals as signals_page
 from app.pages.errors import page_error
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = [
         *profile_api.routes, *profile_page.routes, *signals_page.routes,
-        *branches_api.routes, *branches_page.routes,
+        *branches_api.routes, *branches_page.routes, *history_page.routes,
         *exports.routes, *exports_page.routes,  # before the {session_id} routes
         *health.routes, *auth.routes, *sessions.routes, *messages.routes, *admin.routes,
         *llm.routes, *openai_compat.routes, *metrics_api.routes,

@@ -307,15 +307,18 @@ async def count_messages(db: aiosqlite.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-async def snapshot(db: aiosqlite.Connection, session_id: str) -> tuple[int, list[dict[str, Any]]]:
+async def snapshot(db: aiosqlite.Connection, session_id: str, limit: int | None = None
+                   ) -> tuple[int, list[dict[str, Any]]]:
     """(position, messages) read in one statement, hence from one consistent snapshot: the
     messages reflect exactly the events up to `position`, so a live stream resumed from
-    there neither misses nor repeats anything."""
+    there neither misses nor repeats anything. With `limit`, only the newest that many
+    (read backwards along the branch index, so a long chat costs no more than a short one)."""
+    newest = "" if limit is None else f" ORDER BY m.position DESC LIMIT {int(limit)}"
     async with db.execute(
-        f"SELECT p.position AS applied, {COLUMNS} FROM projection_positions p"
-        " LEFT JOIN messages m ON m.session_id = ? AND m.on_branch = 1"
-        " WHERE p.name = 'messages'"
-        " ORDER BY m.position",
+        f"SELECT p.position AS applied, m.* FROM projection_positions p"
+        f" LEFT JOIN (SELECT {COLUMNS}, m.position FROM messages m"
+        f"  WHERE m.session_id = ? AND m.on_branch = 1{newest}) m"
+        " WHERE p.name = 'messages' ORDER BY m.position",
         (session_id,),
     ) as cursor:
         rows = list(await cursor.fetchall())
@@ -325,8 +328,30 @@ async def snapshot(db: aiosqlite.Connection, session_id: str) -> tuple[int, list
         if row["id"] is not None:
             message = dict(row)
             message.pop("applied")
+            message.pop("position")
             messages.append(message_view(message))
     return position, messages
+
+
+async def page_before(db: aiosqlite.Connection, session_id: str, before_id: str,
+                      limit: int) -> tuple[list[dict[str, Any]], bool] | None:
+    """(the `limit` messages of the current branch just before `before_id`, oldest first;
+    whether there are more before them), or None when `before_id` is not on the branch."""
+    async with db.execute(
+        "SELECT position FROM messages WHERE id = ? AND session_id = ? AND on_branch = 1",
+        (before_id, session_id),
+    ) as cursor:
+        found = await cursor.fetchone()
+    if found is None:
+        return None
+    async with db.execute(
+        f"SELECT {COLUMNS} FROM messages m WHERE m.session_id = ? AND m.on_branch = 1"
+        " AND m.position < ? ORDER BY m.position DESC LIMIT ?",
+        (session_id, found[0], limit + 1),
+    ) as cursor:
+        rows = list(await cursor.fetchall())
+    more = len(rows) > limit
+    return [message_view(row) for row in reversed(rows[:limit])], more
 
 
 async def daily_usage(db: aiosqlite.Connection, owner_id: str,

@@ -160,3 +160,16 @@ def test_a_request_for_another_registry_model_switches_to_it_when_idle(tmp_path:
         assert_error(user.post("/api/sessions/", json={"model": "없는-모델"}), 400, field="model")
     finally:
         process.stop()
+
+
+def test_a_client_leaving_a_stream_cancels_its_generation(user: Api, admin: Api) -> None:
+    before = admin.quiet_head()
+    with user.http.stream("POST", "/api/llm/generate/", json={
+            "prompt": "아주 긴 소설을 써 주세요.", "max_tokens": 400, "stream": True}) as r:
+        first = next(sse_events(r))
+    assert first["event"] == "token"
+    rid = first["data"]["reply_id"]
+    [queued] = [e for e in admin.events(type="ReplyQueued", after=before)
+                if e["data"]["reply_id"] == rid]
+    reply = user.wait_reply(queued["originator_id"], rid)
+    assert reply["status"] == "cancelled" and reply["content"].startswith(first["data"]["text"])

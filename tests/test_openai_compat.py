@@ -181,3 +181,17 @@ def test_hidden_completion_sessions_stay_out_of_the_session_list(
     client.chat.completions.create(model=MODEL_ID, max_tokens=1,
                                    messages=[{"role": "user", "content": "하나"}])
     assert user.get("/api/sessions/").json() == []
+
+
+def test_closing_a_stream_cancels_the_generation(client: OpenAI, admin: Api, user: Api) -> None:
+    before = admin.quiet_head()
+    stream = client.chat.completions.create(
+        model=MODEL_ID, max_tokens=400, stream=True,
+        messages=[{"role": "user", "content": "아주 긴 소설을 써 주세요."}])
+    chunks = iter(stream)
+    while not next(chunks).choices[0].delta.content:  # the role chunk, then the first text
+        pass
+    stream.close()
+    [queued] = admin.events(type="ReplyQueued", after=before)
+    reply = user.wait_reply(queued["originator_id"], queued["data"]["reply_id"])
+    assert reply["status"] == "cancelled"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -61,7 +62,9 @@ async def sse(services: Services, user_id: str,
                 return
     finally:
         if not ended:
-            await llm.cancel(services, user_id, queued)
+            # The response is being torn down (its scope cancelled): shield the cancel.
+            with anyio.CancelScope(shield=True):
+                await llm.cancel(services, user_id, queued)
 
 
 def end_event(rid: str, end: llm.End) -> tuple[str, dict[str, object]]:

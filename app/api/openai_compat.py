@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -190,7 +191,9 @@ async def stream_chunks(services: Services, user_id: str, queued: llm.Queued,
                 return
     finally:
         if not ended:
-            await llm.cancel(services, user_id, queued)
+            # The response is being torn down (its scope cancelled): shield the cancel.
+            with anyio.CancelScope(shield=True):
+                await llm.cancel(services, user_id, queued)
 
 
 routes = [

@@ -14,7 +14,7 @@ from app.auth import optional_user, require_user, services_of
 from app.http_input import read_form
 from app.pages.live import live_events
 from app.pages.render import fragment, limits, page
-from app.usecases import branches, chats
+from app.usecases import branches, chats, history
 from app.usecases.errors import InvalidInput
 
 SETTINGS_FIELDS = ("system_prompt", "temperature", "top_p", "max_tokens")
@@ -54,7 +54,8 @@ async def chat_page(request: Request) -> Response:
     if user is None:
         return to_login(request)
     services = services_of(request)
-    shown = await chats.conversation(services, user["id"], path_session(request))
+    shown = await chats.conversation(services, user["id"], path_session(request),
+                                     limit=history.PAGE)
     config = shown.session["config"]
     return page(request, "chat/page.html", {
         "user": user,
@@ -68,6 +69,7 @@ async def chat_page(request: Request) -> Response:
         "limits": limits(request),
         "values": {key: config.get(key, "") for key in SETTINGS_FIELDS},
         "versions": await branches.version_map(services, shown.session["id"]),
+        "page_size": history.PAGE,
     })
 
 

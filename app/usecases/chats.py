@@ -157,10 +157,12 @@ async def list_messages(services: Services, user_id: str,
     return await messages_read.list_messages(services.read_db, session["id"])
 
 
-async def conversation(services: Services, user_id: str, session_id: str) -> Conversation:
+async def conversation(services: Services, user_id: str, session_id: str,
+                       limit: int | None = None) -> Conversation:
+    """The session and its current branch; with `limit`, only the newest messages."""
     uuid = session_uuid(session_id)
     # Messages first: the position they reflect is where a live stream resumes.
-    position, messages = await messages_read.snapshot(services.read_db, str(uuid))
+    position, messages = await messages_read.snapshot(services.read_db, str(uuid), limit)
     session = await owned_session(services, user_id, str(uuid))
     return Conversation(session=session, messages=messages, position=position)
 
