@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
 import secrets
 import time
 from collections import deque
@@ -39,13 +40,28 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def private_data_dir(data_dir: Path) -> None:
+    """Keep DATA_DIR for this user only: files this process creates from now on (event
+    store, read models, their -wal and -shm) are 0600, and those made earlier are fixed."""
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    for path in data_dir.iterdir():
+        if path.is_file() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+
+
 def load_secret(configured: str, data_dir: Path) -> bytes:
     if configured:
         return configured.encode()
     path = data_dir / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+    try:  # created 0600 in one step: never readable by others, not even for a moment
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
     return path.read_text().strip().encode()
 
 

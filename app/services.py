@@ -25,9 +25,16 @@ from app.inference.registry import ModelRegistry, parse_paths
 from app.inference.switching import ModelSwitcher
 from app.metrics import Metrics
 from app.read_connection import connect_read
-from app.security import LoginLimiter, Network, RateWindow, load_secret, parse_networks
+from app.security import (
+    LoginLimiter,
+    Network,
+    RateWindow,
+    load_secret,
+    parse_networks,
+    private_data_dir,
+)
 from app.usecases.errors import Unavailable
-from app.watch import PositionWatch
+from app.watch import ChangeWatch, PositionWatch, StreamCounter
 from domain.application import ChatApplication
 from domain.errors import DomainError
 from projections import messages as messages_read
@@ -37,6 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SETTLE_TIMEOUT = 10.0
+SETTLE_SLICE = 0.25  # how often a waiting writer checks whether the projections fail
 
 
 def event_store_env(settings: Settings) -> dict[str, str]:
@@ -65,6 +73,8 @@ class Services:
     registrations: RateWindow = field(default_factory=lambda: RateWindow(60, 60))
     # Password hashing runs in these few threads, not the shared worker pool it could fill.
     hashing: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
+    changes: ChangeWatch = field(default_factory=lambda: ChangeWatch(asyncio.get_running_loop()))
+    streams: StreamCounter = field(default_factory=lambda: StreamCounter(20))
     actor_task: asyncio.Task[None] | None = None
     metrics: Metrics | None = None
 
@@ -73,9 +83,16 @@ class Services:
         return await anyio.to_thread.run_sync(lambda: fn(*args))
 
     async def settle(self, position: int) -> None:
-        """Wait until the read models include `position`, so the caller reads its own write."""
-        if not await self.applied.wait_until(position, SETTLE_TIMEOUT):
-            raise Unavailable("read_models_behind", "The server is busy; try again.", 1)
+        """Wait until the read models include `position`, so the caller reads its own write.
+
+        While the projections are failing, answer at once instead of after the timeout."""
+        deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT
+        while not await self.applied.wait_until(position, SETTLE_SLICE):
+            if self.projections.failing:
+                raise Unavailable("read_models_failing", "The server cannot update its views"
+                                  " right now; your change is saved. Try again shortly.", 5)
+            if asyncio.get_running_loop().time() >= deadline:
+                raise Unavailable("read_models_behind", "The server is busy; try again.", 1)
 
     @cached_property
     def models(self) -> ModelRegistry:
@@ -97,13 +114,15 @@ class Services:
 
 
 async def start_services(settings: Settings) -> Services:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings.data_dir)
     loop = asyncio.get_running_loop()
     chat = ChatApplication(env=event_store_env(settings))
     runner = ProjectionRunner(chat, settings.read_model_path)
     head = PositionWatch(loop, chat.head())
     applied = PositionWatch(loop)
     chat.add_head_listener(head.advance_threadsafe)
+    changes = ChangeWatch(loop)
+    chat.add_change_listener(changes.changed_threadsafe)
     chat.add_head_listener(runner.wake)
     runner.add_listener(applied.advance_threadsafe)
     await anyio.to_thread.run_sync(runner.catch_up)
@@ -126,6 +145,7 @@ async def start_services(settings: Settings) -> Services:
         registrations=RateWindow(settings.register_max_per_address,
                                  settings.register_window_seconds),
         hashing=anyio.CapacityLimiter(settings.hash_concurrency),
+        changes=changes, streams=StreamCounter(settings.max_streams_per_user),
     )
     await interrupt_open_replies(services)
     await load_model(services)
@@ -155,17 +175,19 @@ def build_engine(settings: Settings, path: Path) -> Engine:
 
 async def load_model(services: Services) -> None:
     settings = services.settings
+    # Users see only that the model is missing; its path and the error go to the log.
     if not settings.model_path.is_file():
-        services.actor.load_error = f"No model file at {settings.model_path}."
-        log.error("%s Run 'make model' or set MODEL_PATH.", services.actor.load_error)
+        services.actor.load_error = "The model file is missing; ask the administrator."
+        log.error("No model file at %s. Run 'make model' or set MODEL_PATH.",
+                  settings.model_path)
         return
     try:
         services.actor.engine = await anyio.to_thread.run_sync(
             build_engine, settings, settings.model_path)
         log.info("model %s loaded", services.actor.engine.info.id)
     except Exception as error:  # a broken file must not stop the server from serving
-        services.actor.load_error = f"The model could not be loaded: {error}"
-        log.exception("model load failed")
+        services.actor.load_error = "The model could not be loaded; ask the administrator."
+        log.exception("model load failed: %s", error)
 
 
 async def stop_services(services: Services) -> None:

@@ -1,27 +1,75 @@
-"""Following one session's events in the committed log: replay after a position, then live."""
+"""Following one session's events in the committed log: replay after a position, then live.
+
+A stream wakes only when its own chat changes (or its user: a sign-out ends it), not on
+every commit; it ends after the session's deletion, and each user has a cap on open streams.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from uuid import UUID
 
 from app.event_log import LoggedEvent
 from app.services import Services
+from app.usecases import accounts
+from app.usecases.errors import RateLimited
 
 READ_BATCH = 1000
 WAIT_SECONDS = 30.0
+STREAMS_RETRY_SECONDS = 5
+
+
+def check_stream_cap(services: Services, user_id: str) -> None:
+    """Refuse a new stream before its response starts (429), when the user has too many."""
+    if services.streams.full(user_id):
+        raise RateLimited(f"Too many open streams (at most {services.streams.per_user}); "
+                          "close another tab.", STREAMS_RETRY_SECONDS)
+
+
+async def _still_signed_in(services: Services, user: Mapping[str, Any]) -> bool:
+    current = await accounts.user_for_token(services, str(user["token"]))
+    return current is not None and current["id"] == user["id"]
 
 
 async def follow_session(
-    services: Services, session_id: UUID, after: int
+    services: Services, session_id: UUID, after: int,
+    user: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[LoggedEvent]:
-    """Every event of the session after `after` in log order, then each new one as it commits."""
-    while True:
-        # The head is read before the log, so a commit landing in between wakes the wait.
-        head = services.head.position
-        batch = await services.event_log.of_originator(session_id, after, READ_BATCH)
-        for logged in batch:
-            after = logged.position
-            yield logged
-        if len(batch) < READ_BATCH:
-            await services.head.wait_beyond(head, timeout=WAIT_SECONDS)
+    """Every event of the session after `after` in log order, then each new one as it commits.
+
+    With `user` (a signed-in caller with its token), the stream counts toward the user's
+    cap and ends once the token no longer works (signed out, disabled, expired)."""
+    user_id = str(user["id"]) if user else None
+    if user_id is not None and not services.streams.open(user_id):
+        return
+    watched = (session_id, UUID(user_id)) if user_id else (session_id,)
+    try:
+        while True:
+            waiter = services.changes.subscribe(*watched)
+            user_changed = services.changes.subscribe(*watched[1:])
+            timed_out = False
+            try:
+                batch = await services.event_log.of_originator(session_id, after, READ_BATCH)
+                for logged in batch:
+                    after = logged.position
+                    yield logged
+                    if type(logged.event).__name__ == "Deleted":
+                        return
+                if len(batch) == READ_BATCH:
+                    continue
+                try:
+                    await asyncio.wait_for(waiter.wait(), WAIT_SECONDS)
+                except TimeoutError:
+                    timed_out = True
+            finally:
+                services.changes.unsubscribe(waiter, *watched)
+                services.changes.unsubscribe(user_changed, *watched[1:])
+            # Only a change of the user (sign-out, disabling) or time (expiry) can end it.
+            if (user is not None and (timed_out or user_changed.is_set())
+                    and not await _still_signed_in(services, user)):
+                return
+    finally:
+        if user_id is not None:
+            services.streams.close(user_id)

@@ -22,6 +22,8 @@ from domain.sessions import ChatSession
 from domain.users import AdminSeat, User, UsernameIndex
 
 HeadListener = Callable[[int], None]
+# (position, ids of the aggregates the commit changed): streams wake only for their own.
+ChangeListener = Callable[[int, set[UUID]], None]
 
 
 # A chat's events are replayed from its latest snapshot, so loading one after a restart
@@ -37,6 +39,7 @@ class ChatApplication(Application[UUID]):
         super().__init__(env)
         self._lock = threading.RLock()
         self._head_listeners: list[HeadListener] = []
+        self._change_listeners: list[ChangeListener] = []
 
     # -- log following -----------------------------------------------------------------
 
@@ -44,11 +47,20 @@ class ChatApplication(Application[UUID]):
         """`listener(position)` is called after every commit, from the committing thread."""
         self._head_listeners.append(listener)
 
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """`listener(position, aggregate_ids)` after every commit, from the committing thread."""
+        self._change_listeners.append(listener)
+
     def _notify(self, recordings: list[Recording[UUID]]) -> None:
         if recordings:
             head = recordings[-1].notification.id
             for listener in self._head_listeners:
                 listener(head)
+            if self._change_listeners:
+                ids = {i for r in recordings
+                       if isinstance(i := r.notification.originator_id, UUID)}
+                for change_listener in self._change_listeners:
+                    change_listener(head, ids)
 
     def head(self) -> int:
         return self.recorder.max_notification_id() or 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,11 +30,42 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 POLL_SECONDS = 1.0
+# After a failed update: retry after 0.5 s, 1 s, 2 s ... at most 30 s apart; after
+# FAILING_AFTER failures in a row the read models count as failing (health, fast 503s).
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
+FAILING_AFTER = 2
 
 
 def all_projections() -> list[Projection]:
     return [UsersProjection(), SessionsProjection(), MessagesProjection(),
             HashChainProjection(), EventIndexProjection()]
+
+
+def set_aside_if_corrupt(path: Path) -> bool:
+    """Move a read-model file SQLite cannot read aside (kept for a post-mortem), so a fresh
+    one is built from the log: read models are disposable, the log is the truth."""
+    if not path.exists():
+        return False
+    try:
+        db = sqlite3.connect(path)
+        try:
+            row = db.execute("PRAGMA quick_check").fetchone()
+        finally:
+            db.close()
+        if row and row[0] == "ok":
+            return False
+        problem = str(row[0]) if row else "no answer"
+    except sqlite3.DatabaseError as error:
+        problem = str(error)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(f"{path}{suffix}")
+        if part.exists():
+            part.rename(part.with_name(f"{part.name}.corrupt-{stamp}"))
+    log.error("read models in %s are corrupt (%s); set aside, rebuilding from the log",
+              path, problem)
+    return True
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -54,6 +86,7 @@ class ProjectionRunner:
         self._application = application
         self.path = path
         self._projections = {p.name: p for p in (projections or all_projections())}
+        set_aside_if_corrupt(path)
         self._db = connect(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS projection_positions"
@@ -80,6 +113,7 @@ class ProjectionRunner:
         self._listeners: list[Callable[[int], None]] = []
         self._applied = 0
         self._applied_changed = threading.Condition()
+        self.failures = 0  # failed updates in a row
 
     def _prepare(self, projection: Projection) -> None:
         """Create the projection's tables; tables of an older shape are dropped and replayed.
@@ -144,14 +178,29 @@ class ProjectionRunner:
             self._rebuilds.add(name)
         self._wakeup.set()
 
+    @property
+    def failing(self) -> bool:
+        """The last updates failed: writers should not wait for the read models."""
+        return self.failures >= FAILING_AFTER
+
     def _run(self) -> None:
         while not self._stopping.is_set():
-            self._wakeup.wait(POLL_SECONDS)
+            if self.failures:  # back off: a broken file must not spin a core
+                pause = min(RETRY_FIRST_SECONDS * 2 ** (self.failures - 1), RETRY_MAX_SECONDS)
+                self._stopping.wait(pause)
+            else:
+                self._wakeup.wait(POLL_SECONDS)
             self._wakeup.clear()
             try:
                 self.catch_up()
-            except Exception:  # keep following; the next wake-up retries from the position
-                log.exception("projection update failed")
+                if self.failures:
+                    log.info("projections recovered after %d failed updates", self.failures)
+                self.failures = 0
+            except Exception:  # keep following; the retry starts from the stored position
+                self.failures += 1
+                log.exception("projection update failed (%d in a row)", self.failures)
+                with self._applied_changed:  # waiters stop waiting once it is failing
+                    self._applied_changed.notify_all()
 
     def catch_up(self) -> int:
         """Apply everything committed so far; returns the lowest position reached."""
@@ -173,7 +222,9 @@ class ProjectionRunner:
         For threads (the inference actor) that must read what was just written."""
         self.wake()
         with self._applied_changed:
-            return self._applied_changed.wait_for(lambda: self._applied >= position, timeout)
+            self._applied_changed.wait_for(
+                lambda: self._applied >= position or self.failing, timeout)
+            return self._applied >= position
 
     # -- applying (callers hold self._lock) --------------------------------------------
 

@@ -21,9 +21,11 @@ async def healthz(request: Request) -> Response:
     except Exception:
         log.exception("event store check failed")
         store = "error"
-    body = {"status": "ok" if store == "ok" else "error", "model_loaded": services.model_loaded,
-            "event_store": store}
-    return JSONResponse(body, 200 if store == "ok" else 503)
+    projections = "failing" if services.projections.failing else "ok"
+    healthy = store == "ok" and projections == "ok"
+    body = {"status": "ok" if healthy else "error", "model_loaded": services.model_loaded,
+            "event_store": store, "projections": projections}
+    return JSONResponse(body, 200 if healthy else 503)
 
 
 routes = [Route("/healthz", healthz, methods=["GET"])]

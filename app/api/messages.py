@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 from uuid import UUID
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -14,7 +15,7 @@ from app.auth import require_user, services_of
 from app.http_input import read_body, read_json, resume_position
 from app.services import Services
 from app.sse_events import stream_event, to_json
-from app.streaming import follow_session
+from app.streaming import check_stream_cap, follow_session
 from app.usecases import chats
 
 
@@ -50,9 +51,9 @@ async def cancel(request: Request) -> Response:
 
 
 async def api_events(
-    services: Services, session_id: UUID, after: int
+    services: Services, session_id: UUID, after: int, user: dict[str, Any] | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    async for logged in follow_session(services, session_id, after):
+    async for logged in follow_session(services, session_id, after, user):
         shown = stream_event(logged.event)
         if shown is not None:
             name, data = shown
@@ -64,8 +65,9 @@ async def stream(request: Request) -> Response:
     services = services_of(request)
     session = await chats.owned_session(services, user["id"], request.path_params["session_id"])
     after = resume_position(request)
+    check_stream_cap(services, user["id"])
     return EventSourceResponse(
-        api_events(services, UUID(session["id"]), after),
+        api_events(services, UUID(session["id"]), after, user),
         ping=services.settings.sse_ping_seconds,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -26,7 +26,7 @@ from app.http_input import resume_position
 from app.pages.render import fragment
 from app.rendering import StreamingMarkdown
 from app.services import Services
-from app.streaming import follow_session
+from app.streaming import check_stream_cap, follow_session
 from projections import messages as messages_read
 from projections.base import iso
 
@@ -125,10 +125,10 @@ def _append_to_conversation(message: dict[str, Any], session_id: str) -> str:
     return f'<div hx-swap-oob="beforeend:#messages">{_article(message, session_id)}</div>'
 
 
-async def _stream(services: Services, session_id: UUID, after: int
-                  ) -> AsyncIterator[ServerSentEvent]:
+async def _stream(services: Services, session_id: UUID, after: int,
+                  user: dict[str, Any] | None = None) -> AsyncIterator[ServerSentEvent]:
     page = LivePage(services)
-    async for logged in follow_session(services, session_id, after):
+    async for logged in follow_session(services, session_id, after, user):
         html = await page.render(logged)
         if html is not None:
             yield ServerSentEvent(data=html, event="update", id=str(logged.position))
@@ -136,8 +136,11 @@ async def _stream(services: Services, session_id: UUID, after: int
 
 async def live_events(request: Request, session_id: UUID) -> Response:
     services = services_of(request)
+    user = request.scope.get("user")  # the caller checked it
+    if user:
+        check_stream_cap(services, user["id"])
     return EventSourceResponse(
-        _stream(services, session_id, resume_position(request)),
+        _stream(services, session_id, resume_position(request), user),
         ping=services.settings.sse_ping_seconds,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
