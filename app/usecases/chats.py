@@ -209,20 +209,29 @@ async def _queue_reply(services: Services, session_id: UUID, record: QueueComman
 
 async def _queue_reply_now(services: Services, session_id: UUID,
                            record: QueueCommand) -> dict[str, Any]:
+    # A slot is reserved from the check until the reply is on the queue (no await between
+    # check and reservation), so posts racing through the command cannot overfill it.
+    if services.actor.queue_depth + services.queue_reserved >= services.settings.max_queue:
+        raise Unavailable("queue_full", "The reply queue is full; try again shortly.",
+                          QUEUE_RETRY_SECONDS)
+    services.queue_reserved += 1
     try:
-        queue_position = services.actor.next_position()
-    except ModelNotLoaded as error:
-        raise Unavailable("model_not_loaded", str(error), MODEL_RETRY_SECONDS) from None
-    except QueueFull as error:
-        raise Unavailable("queue_full", f"The reply queue is full: {error}",
-                          QUEUE_RETRY_SECONDS) from None
-    try:
-        message_id, reply_id, position = await services.command(record, queue_position)
-    except domain_errors.NotFound:
-        raise NotFound("session") from None
-    except domain_errors.NothingToRegenerate as error:
-        raise Conflict("nothing_to_regenerate", str(error)) from None
-    services.actor.enqueue(session_id, reply_id, position)
+        try:
+            queue_position = services.actor.next_position() + services.queue_reserved - 1
+        except ModelNotLoaded as error:
+            raise Unavailable("model_not_loaded", str(error), MODEL_RETRY_SECONDS) from None
+        except QueueFull as error:
+            raise Unavailable("queue_full", f"The reply queue is full: {error}",
+                              QUEUE_RETRY_SECONDS) from None
+        try:
+            message_id, reply_id, position = await services.command(record, queue_position)
+        except domain_errors.NotFound:
+            raise NotFound("session") from None
+        except domain_errors.NothingToRegenerate as error:
+            raise Conflict("nothing_to_regenerate", str(error)) from None
+        services.actor.enqueue(session_id, reply_id, position)
+    finally:
+        services.queue_reserved -= 1
     await services.settle(position)
     message = await messages_read.get_message(services.read_db, str(message_id))
     reply = await messages_read.get_message(services.read_db, str(reply_id))
