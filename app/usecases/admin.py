@@ -6,6 +6,7 @@ admin (app/auth.py `require_admin`) before calling any of these.
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -369,41 +370,49 @@ async def list_sessions(services: Services, user_id: str | None = None,
         return [dict(row) for row in await cursor.fetchall()]
 
 
+class SessionEventCache:
+    """Decoded events of the sessions being looked at, newest-used kept.
+
+    Decoding is most of what time travel costs (a long chat has thousands of token
+    events), and scrubbing asks for the same session again and again: events never change
+    once stored, so each request only reads and decodes what was appended since."""
+
+    def __init__(self, max_events: int = 200_000) -> None:
+        self.max_events = max_events
+        self._sessions: OrderedDict[tuple[str, UUID], tuple[LoggedEvent, ...]] = OrderedDict()
+
+    async def events(self, services: Services, session_id: UUID) -> tuple[LoggedEvent, ...]:
+        key = (str(services.settings.event_store_path), session_id)
+        known = self._sessions.get(key, ())
+        after = known[-1].position if known else 0
+        while True:
+            page = await services.event_log.of_originator(session_id, after, EVENT_PAGE)
+            known += tuple(page)
+            if len(page) < EVENT_PAGE:
+                break
+            after = page[-1].position
+        if known and len(known) <= self.max_events:
+            self._sessions[key] = known
+            self._sessions.move_to_end(key)
+            while sum(len(kept) for kept in self._sessions.values()) > self.max_events:
+                self._sessions.popitem(last=False)
+        return known
+
+
+SESSION_EVENTS = SessionEventCache()
+
+
 async def session_events(services: Services, session_id: str,
                          upto: int | None = None) -> list[LoggedEvent]:
     """A chat session's events in log order (up to position `upto`); NotFound unless the
     id is a chat session's (deleted ones included)."""
     uuid = chats.session_uuid(session_id)
-    found: list[LoggedEvent] = []
-    after = 0
-    while True:
-        page = await services.event_log.of_originator(uuid, after, EVENT_PAGE)
-        if not found and (not page or type(page[0].event).__qualname__
-                          != "ChatSession.Started"):
-            raise NotFound("session")
-        for logged in page:
-            if upto is not None and logged.position > upto:
-                return found
-            found.append(logged)
-        if len(page) < EVENT_PAGE:
-            return found
-        after = page[-1].position
-
-
-async def session_positions(services: Services, session_id: str) -> list[int]:
-    """The log positions of a chat session's events, in log order (nothing decoded)."""
-    uuid = chats.session_uuid(session_id)
-
-    def work(browser: EventBrowser) -> list[int]:
-        rows = browser.db.execute(
-            "SELECT rowid FROM log.stored_events WHERE originator_id = ?"
-            " ORDER BY originator_version", (uuid.hex,)).fetchall()
-        return [int(row[0]) for row in rows]
-
-    positions = await _browse(services, work)
-    if not positions:
+    found = await SESSION_EVENTS.events(services, uuid)
+    if not found or type(found[0].event).__qualname__ != "ChatSession.Started":
         raise NotFound("session")
-    return positions
+    if upto is None:
+        return list(found)
+    return [logged for logged in found if logged.position <= upto]
 
 
 @dataclass(frozen=True)
@@ -420,14 +429,14 @@ async def frame(services: Services, session_id: str, step: int | None = None,
                 at: int | None = None) -> Frame:
     """The session as it stood after its `step`-th event (0 = its start), or at position
     `at` (the last event at or before it); the last event when neither is given."""
-    positions = await session_positions(services, session_id)
+    events = await session_events(services, session_id)
+    positions = [logged.position for logged in events]
     if step is None:
         step = len(positions) - 1
         if at is not None:
             step = max(0, sum(1 for p in positions if p <= at) - 1)
     step = min(max(step, 0), len(positions) - 1)
-    events = await session_events(services, session_id, upto=positions[step])
-    return Frame(fold(events, positions[step]), shown_event(events[-1]), step, positions)
+    return Frame(fold(events, positions[step]), shown_event(events[step]), step, positions)
 
 
 async def timeline(services: Services, session_id: str, at: int | None) -> dict[str, Any]:

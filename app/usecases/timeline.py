@@ -74,6 +74,11 @@ def fold(events: Iterable[LoggedEvent], at: int | None = None) -> Moment:
         position = logged.position
         e: Any = logged.event
         kind = type(e).__qualname__.split(".")[-1]
+        if kind == "TokensGenerated":  # most of a chat's events: the cheapest path first
+            row = rows[str(e.reply_id)]
+            row["content"] += e.text
+            row["token_count"] += e.token_count
+            continue
         stamp = iso(e.timestamp)
         if kind == "Started":
             session = {"id": str(e.originator_id), "owner_id": str(e.owner_id),
@@ -98,10 +103,6 @@ def fold(events: Iterable[LoggedEvent], at: int | None = None) -> Moment:
                                              token_count=0, queue_position=e.queue_position)
         elif kind == "ReplyStarted":
             rows[str(e.reply_id)].update(status="streaming", started_at=stamp)
-        elif kind == "TokensGenerated":
-            row = rows[str(e.reply_id)]
-            row["content"] += e.text
-            row["token_count"] += e.token_count
         elif kind == "ReplyCompleted":
             rows[str(e.reply_id)].update(
                 status="complete", content=e.content, token_count=e.token_count,
