@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import errors
+from app import errors, i18n
 from app.api import admin, auth, exports, health, llm, messages, openai_compat, sessions
 from app.api import branches as branches_api
 from app.api import metrics as metrics_api
@@ -23,6 +23,7 @@ from app.pages import admin as admin_pages
 from app.pages import branches as branches_page
 from app.pages import exports as exports_page
 from app.pages import history as history_page
+from app.pages import language as language_page
 from app.pages import profile as profile_page
 from app.pages import signals as signals_page
 from app.pages.errors import page_error
@@ -77,7 +78,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = [
         *profile_api.routes, *profile_page.routes, *signals_page.routes,
+        *branches_api.routes, *branches_page.routes,
         *branches_api.routes, *branches_page.routes, *history_page.routes,
+        *language_page.routes,
         *exports.routes, *exports_page.routes,  # before the {session_id} routes
         *health.routes, *auth.routes, *sessions.routes, *messages.routes, *admin.routes,
         *llm.routes, *openai_compat.routes, *metrics_api.routes,
@@ -87,7 +90,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(SecurityHeaders, hsts=settings.cookie_secure),
-                    Middleware(metrics_api.SseClientsMiddleware)],
+                    Middleware(metrics_api.SseClientsMiddleware),
+                    Middleware(i18n.LanguageMiddleware)],
         exception_handlers={
             UseCaseError: on_use_case_error,
             HTTPException: on_http_error,

@@ -5,11 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.i18n import N_
+from app.i18n import gettext as _
 from app.pages.render import TEMPLATES, is_htmx, toast
 
 TITLES = {
-    400: "That did not work", 401: "Please sign in", 403: "Not allowed",
-    404: "Page not found", 413: "Too large", 429: "Slow down", 503: "Busy right now",
+    400: N_("That did not work"), 401: N_("Please sign in"), 403: N_("Not allowed"),
+    404: N_("Page not found"), 413: N_("Too large"), 429: N_("Slow down"),
+    503: N_("Busy right now"),
 }
 
 
@@ -21,10 +24,10 @@ def page_error(request: Request, status: int, message: str,
             response.headers["HX-Redirect"] = "/login"
     else:
         if status == 404:
-            message = "This chat does not exist, or it is not yours."
+            message = _("This chat does not exist, or it is not yours.")
         response = TEMPLATES.TemplateResponse(
             request, "error.html",
-            {"status": status, "title": TITLES.get(status, "Something went wrong"),
+            {"status": status, "title": TITLES.get(status, N_("Something went wrong")),
              "message": message},
             status_code=status,
         )

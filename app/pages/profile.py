@@ -10,6 +10,8 @@ from starlette.routing import Route
 
 from app.auth import optional_user, require_user, services_of
 from app.http_input import read_form
+from app.i18n import gettext as _
+from app.i18n import local_date, local_day
 from app.pages.chat import to_login
 from app.pages.render import fragment, page
 from app.pages.usage_chart import bar_chart
@@ -61,7 +63,7 @@ async def change_password(request: Request) -> Response:
 
 
 def _short_day(d: DayUsage) -> str:
-    return d.day.strftime("%m-%d")
+    return local_day(d.day)
 
 
 async def usage_page(request: Request) -> Response:
@@ -70,10 +72,12 @@ async def usage_page(request: Request) -> Response:
         return to_login(request)
     totals, days = await profile.usage(services_of(request), user["id"])
     charts = {
-        "messages": bar_chart(days, lambda d: d.messages, "Messages per day", "messages",
-                              _short_day, lambda d, n: f"{d.day.isoformat()}: {n} messages"),
-        "tokens": bar_chart(days, lambda d: d.tokens, "Tokens generated per day", "tokens",
-                            _short_day, lambda d, n: f"{d.day.isoformat()}: {n} tokens"),
+        "messages": bar_chart(
+            days, lambda d: d.messages, _("Messages per day"), "messages", _short_day,
+            lambda d, n: _("%(day)s: %(n)s messages") % {"day": local_date(d.day), "n": n}),
+        "tokens": bar_chart(
+            days, lambda d: d.tokens, _("Tokens generated per day"), "tokens", _short_day,
+            lambda d, n: _("%(day)s: %(n)s tokens") % {"day": local_date(d.day), "n": n}),
     }
     context: dict[str, Any] = {"user": user, "totals": totals, "days": days, "charts": charts}
     return page(request, "profile/usage.html", context)

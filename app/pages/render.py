@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.templating import Jinja2Templates
 
+from app import i18n
 from app.auth import services_of
 from app.rendering import live_body, markdown_html
 from app.security import csrf_token
@@ -16,6 +17,7 @@ from app.usecases.chats import max_tokens_limit
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parents[2] / "templates")
 TEMPLATES.env.filters["markdown"] = markdown_html
+i18n.install(TEMPLATES.env)  # {% trans %} and _() in the language of the request
 TEMPLATES.env.globals["live_body"] = live_body
 
 

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from app.auth import require_user, services_of
 from app.http_input import resume_position
+from app.i18n import gettext as _
 from app.services import Services
 from app.usecases import chats
 from projections import messages as messages_read
@@ -70,24 +71,24 @@ class Follower:
 
 
 def queue_place(reply_id: str, place: int) -> str:
-    return (f'<span hx-swap-oob="innerHTML:#msg-{reply_id} .badge--queued">'
-            f"Queued · position {place}</span>")
+    text = escape(_("Queued · position %(n)s") % {"n": place})
+    return f'<span hx-swap-oob="innerHTML:#msg-{reply_id} .badge--queued">{text}</span>'
 
 
 def finished_elsewhere(session_id: str, title: str, status: str) -> str:
-    text = "A reply finished in" if status == "complete" else "A reply failed in"
-    name = escape(title or "New chat")
+    text = escape(_("A reply finished in") if status == "complete" else _("A reply failed in"))
+    name = escape(title or _("New chat"))
+    dismiss, mark = escape(_("Dismiss")), escape(_("New reply"))
     return (
         '<div hx-swap-oob="beforeend:#toasts">'
         f'<div class="toast toast--{"success" if status == "complete" else "error"}'
         f' toast--notice" role="status" data-autodismiss="12000">'
         f'<p class="toast__text">{text} <a class="toast__link" href="/chats/{session_id}"'
         f' data-notice-for="{session_id}">“{name}”</a></p>'
-        '<button class="toast__close" type="button" data-dismiss aria-label="Dismiss">×</button>'
-        "</div></div>"
+        f'<button class="toast__close" type="button" data-dismiss aria-label="{dismiss}">×'
+        "</button></div></div>"
         f'<span hx-swap-oob="beforeend:#session-link-{session_id}">'
-        '<span class="session-item__unread" title="New reply"'
-        ' aria-label="new reply"></span></span>'
+        f'<span class="session-item__unread" title="{mark}" aria-label="{mark}"></span></span>'
     )
 
 

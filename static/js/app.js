@@ -413,14 +413,20 @@
     if (state === 'open') hideTimer = setTimeout(function () { box.hidden = true; }, RESUMED_MS);
   }
 
+  // The texts come translated from the page (data-lost, data-retrying, data-resumed).
+  function says(name, fallback) {
+    var box = document.getElementById('connection');
+    return (box && box.dataset[name]) || fallback;
+  }
+
   document.addEventListener('htmx:sseError', function () {
     failures += 1;
-    show('lost', failures === 1 ? 'Connection lost. Reconnecting…'
-                                : 'Connection lost. Retrying (attempt ' + failures + ')…');
+    show('lost', failures === 1 ? says('lost', 'Connection lost. Reconnecting…')
+      : says('retrying', 'Connection lost. Retrying (attempt {n})…').replace('{n}', failures));
   });
   document.addEventListener('htmx:sseOpen', function () {
     if (!failures) return;
     failures = 0;
-    show('open', 'Reconnected. Up to date.');
+    show('open', says('resumed', 'Reconnected. Up to date.'));
   });
 })();
