@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from app.inference.memory import RECALL_LIMIT, Recall
+from app.usecases.search import relevant_messages
 from domain.application import ChatApplication
 from projections import messages as messages_read
 from projections.runner import ProjectionRunner, connect
+from projections.vectors import VectorIndex
 
 SETTLE_SECONDS = 30.0
 # An upper bound on characters per token: history beyond n_ctx * this can never fit.
@@ -32,6 +36,8 @@ class Conversation:
     config: dict[str, Any]
     # (message_id, role, content), oldest first.
     turns: list[tuple[str, str, str]] = field(default_factory=list)
+    # Older turns exist than `turns` holds (reading stopped at the context's bound).
+    cut: bool = False
 
 
 class ConversationReader:
@@ -44,6 +50,8 @@ class ConversationReader:
         self._db: sqlite3.Connection = connect(path)
         self._lock = threading.Lock()
         self._max_chars = n_ctx * CHARS_PER_TOKEN_BOUND
+        # Set once the vector index is open; without it replies keep the newest turns only.
+        self.vectors: VectorIndex | None = None
 
     def __call__(self, session_id: UUID, reply_id: UUID, position: int) -> Conversation:
         if not self._runner.wait_for(position, SETTLE_SECONDS):
@@ -52,7 +60,26 @@ class ConversationReader:
         with self._lock:
             turns = messages_read.history_before(self._db, str(session_id), str(reply_id),
                                                  self._max_chars)
-        return Conversation(config=dict(config), turns=turns)
+        cut = sum(len(content) for _id, _role, content in turns) >= self._max_chars
+        return Conversation(config=dict(config), turns=turns, cut=cut)
+
+    def recall(self, session_id: UUID, reply_id: UUID, query: str) -> Recall:
+        """Earlier turns of the session most related to `query`, for long memory: only
+        turns before the reply, never one already in the prompt (`kept`)."""
+        def recall(kept: Sequence[str]) -> list[tuple[str, str, str]]:
+            found = relevant_messages(self.vectors, str(session_id), query, kept, RECALL_LIMIT)
+            if not found:
+                return []
+            ids = [message_id for message_id, *_ in found]
+            with self._lock:
+                earlier = {row[0] for row in self._db.execute(
+                    f"SELECT id FROM messages WHERE session_id = ? AND id IN"
+                    f" ({', '.join('?' * len(ids))}) AND position <"
+                    " (SELECT position FROM messages WHERE id = ?)",
+                    (str(session_id), *ids, str(reply_id)))}
+            return [(message_id, role, content) for message_id, role, content, _ in found
+                    if message_id in earlier]
+        return recall
 
     def close(self) -> None:
         with self._lock:

@@ -54,21 +54,34 @@ class ChatPrompter:
         return self._model.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
 
     def fit(self, system_prompt: str, history: list[Turn], max_tokens: int) -> PreparedPrompt:
-        """Render the template, dropping the oldest turns until the reply fits."""
+        """Render the template, dropping the oldest turns until the reply fits.
+
+        The conversation may only start at a user turn, and fewer turns never take more
+        tokens, so the first start that fits is found by bisection: a handful of renders,
+        however long the history."""
         system = [Turn("system", system_prompt)] if system_prompt else []
-        turns, dropped = list(history), 0
-        while True:
-            tokens = self.tokens(system + turns)
-            if len(tokens) + max_tokens <= self.n_ctx or len(turns) <= 1:
-                break
-            # Drop the oldest turn, and any assistant turns left leading the conversation.
-            turns, dropped = turns[1:], dropped + 1
-            while len(turns) > 1 and turns[0].role != "user":
-                turns, dropped = turns[1:], dropped + 1
+        starts = [0] + [i for i, turn in enumerate(history) if i > 0 and turn.role == "user"]
+        rendered: dict[int, list[int]] = {}
+
+        def fits(index: int) -> bool:
+            tokens = rendered[index] = self.tokens(system + history[starts[index]:])
+            return len(tokens) + max_tokens <= self.n_ctx
+
+        chosen = 0
+        if not fits(0):
+            # The newest start stays even when it does not fit; the budget check decides.
+            low, high, chosen = 1, len(starts) - 1, len(starts) - 1
+            while low <= high:
+                middle = (low + high) // 2
+                if fits(middle):
+                    chosen, high = middle, middle - 1
+                else:
+                    low = middle + 1
+        tokens = rendered.get(chosen) or self.tokens(system + history[starts[chosen]:])
         budget = min(max_tokens, self.n_ctx - len(tokens))
         if budget < min(MIN_REPLY_TOKENS, max_tokens):
             raise ContextTooLong(
                 f"The message needs {len(tokens)} tokens, but the model's context holds "
                 f"{self.n_ctx} including the reply. Shorten the message or the system prompt."
             )
-        return PreparedPrompt(tokens=tokens, dropped_turns=dropped, max_tokens=budget)
+        return PreparedPrompt(tokens=tokens, dropped_turns=starts[chosen], max_tokens=budget)
