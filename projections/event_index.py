@@ -148,7 +148,9 @@ def position_at(db: sqlite3.Connection, moment: datetime, table: str = "event_in
     p on (if any) has `at` >= moment: a binary search, as `at` never decreases along the log.
     """
     key = time_key(moment)
-    row = db.execute(f"SELECT MIN(position), MAX(position) FROM {table}").fetchone()
+    # Two subqueries: SQLite finds a lone MIN or MAX by the key, but both at once by a scan.
+    row = db.execute(f"SELECT (SELECT MIN(position) FROM {table}),"
+                     f" (SELECT MAX(position) FROM {table})").fetchone()
     if row[0] is None:
         return 1
     low, high = int(row[0]), int(row[1]) + 1

@@ -9,7 +9,8 @@ from uuid import UUID
 from app.event_log import LoggedEvent
 from projections.base import iso
 
-REDACTED_FIELDS = frozenset({"password_hash"})
+# A password hash can be attacked offline; a token hash identifies a live sign-in.
+REDACTED_FIELDS = frozenset({"password_hash", "token_hash"})
 ENVELOPE_FIELDS = ("originator_id", "originator_version", "timestamp")
 
 

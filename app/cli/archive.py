@@ -95,8 +95,8 @@ def register(commands: Any) -> None:
     parser = add_command(
         commands, "export", export_command, "every event of a user or a chat, as JSON lines",
         "Every event of one user (account, username, admin changes and all their chats)\n"
-        "or of one chat session, in log order, one JSON object per line (passwords'\n"
-        "hashes redacted).")
+        "or of one chat session, in log order, one JSON object per line (password and\n"
+        "sign-in token hashes redacted).")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--user", metavar="U", help="a username or user id")
     which.add_argument("--session", metavar="ID", help="a chat session id")
