@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from app.inference.registry import ModelRegistry
+from app.usecases import llm
 from tests.server import ROOT, Api, ServerProcess, assert_error, sse_events
 
 MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
@@ -173,3 +175,38 @@ def test_a_client_leaving_a_stream_cancels_its_generation(user: Api, admin: Api)
                 if e["data"]["reply_id"] == rid]
     reply = user.wait_reply(queued["originator_id"], rid)
     assert reply["status"] == "cancelled" and reply["content"].startswith(first["data"]["text"])
+
+
+def test_the_registry_reads_gguf_headers_and_skips_what_is_not_a_model(tmp_path: Path) -> None:
+    (tmp_path / "깨진.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 7)  # cut short
+    (tmp_path / "not-a-model.gguf").write_text("안녕하세요")
+    (tmp_path / "링크.gguf").symlink_to(MODEL_FILE)
+    registry = ModelRegistry(tmp_path, [], MODEL_FILE)
+    models = registry.models()
+    assert [m.id for m in models] == [MODEL_ID, "링크"]  # the default first
+    model = models[0]
+    assert registry.is_default(model) and not registry.is_default(models[1])
+    assert model.n_ctx_train == 8192 and model.architecture == "llama"
+    assert model.chat_template and "<|im_start|>" in model.chat_template
+    assert model.size_bytes == MODEL_FILE.stat().st_size
+    assert registry.find("없음") is None
+
+
+@pytest.mark.parametrize("pieces", [
+    ["하나, 둘", ", 셋", "!"],
+    ["하나, 둘,", " 셋!"],
+    ["하", "나", ", ", "둘", ",", " ", "셋", "!"],
+])
+def test_a_stop_string_split_across_pieces_is_held_back_and_cut(pieces: list[str]) -> None:
+    cutter = llm.StopCutter((", 셋", "끝"))
+    sent = "".join(cutter.push(piece) for piece in pieces)
+    assert cutter.stopped and sent == "하나, 둘"
+    assert cutter.rest() == ""
+    assert cutter.cut("".join(pieces)) == "하나, 둘"
+
+
+def test_text_that_only_looks_like_a_stop_string_start_is_released_at_the_end() -> None:
+    cutter = llm.StopCutter(("###",))
+    sent = cutter.push("제목 #") + cutter.push("#")
+    assert sent == "제목 " and not cutter.stopped
+    assert sent + cutter.rest() == "제목 ##"
