@@ -76,6 +76,27 @@ def read_and_decode(app: ChatApplication) -> int:
         after = batch[-1].id
 
 
+def read_and_parse_raw(events_path: Path) -> int:
+    """A floor below the library's: rows read with plain sqlite3 and their JSON parsed with
+    orjson into dicts (no UUID, datetime or event objects): what a runner could approach by
+    reading the store itself. ImportError without orjson (it comes with chromadb)."""
+    import orjson
+
+    db = sqlite3.connect(f"file:{events_path}?mode=ro", uri=True)
+    after = count = 0
+    while True:
+        rows = db.execute("SELECT rowid, originator_id, originator_version, topic, state"
+                          " FROM stored_events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                          (after, BATCH_SIZE)).fetchall()
+        if not rows:
+            db.close()
+            return count
+        for row in rows:
+            orjson.loads(row[4])
+        count += len(rows)
+        after = rows[-1][0]
+
+
 def rebuild(app: ChatApplication, target: Path, projections: list[Projection]) -> int:
     runner = ProjectionRunner(app, target, projections)
     try:
@@ -239,6 +260,12 @@ def main() -> None:
         print(f"reference: read + decode every event   {wall:6.1f} s wall"
               f"  {cpu:6.1f} s CPU  {head / wall:9,.0f} events/s")
         reference = wall
+        try:
+            wall, cpu, _ = timed(lambda: read_and_parse_raw(events_path))
+            print(f"floor without the library: sqlite3 rows + orjson  {wall:6.1f} s wall"
+                  f"  {cpu:6.1f} s CPU  {head / wall:9,.0f} events/s")
+        except ImportError:
+            pass
 
         core = [p for p in all_projections() if p.name not in SLOW]
         slow = [p for p in all_projections() if p.name in SLOW]
