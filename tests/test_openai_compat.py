@@ -42,6 +42,10 @@ def test_models_list_the_loaded_model(client: OpenAI) -> None:
     ids = [m.id for m in models.data]
     assert MODEL_ID in ids
     assert all(m.object == "model" and m.owned_by == "localchat" for m in models.data)
+    assert client.models.retrieve(MODEL_ID).id == MODEL_ID
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("없는-모델")
+    assert error_of(missing)["code"] == "model_not_found"
 
 
 def test_completion_answers_and_records_the_conversation(

@@ -93,13 +93,24 @@ def is_openai(request: Request) -> bool:
 # -- routes ------------------------------------------------------------------------------
 
 
+def model_object(services: Services, model_id: str) -> dict[str, Any]:
+    created = int(services.settings.data_dir.stat().st_mtime)
+    return {"id": model_id, "object": "model", "created": created, "owned_by": OWNER}
+
+
 async def models(request: Request) -> Response:
     await require_user(request)
     services = services_of(request)
-    created = int(services.settings.data_dir.stat().st_mtime)
-    data = [{"id": m["id"], "object": "model", "created": created, "owned_by": OWNER}
-            for m in llm.list_models(services)]
+    data = [model_object(services, m["id"]) for m in llm.list_models(services)]
     return JSONResponse({"object": "list", "data": data})
+
+
+async def model(request: Request) -> Response:
+    await require_user(request)
+    services = services_of(request)
+    found = llm.find_model(services, request.path_params["model_id"])
+    assert found is not None  # find_model raises NotFound for an unknown id
+    return JSONResponse(model_object(services, found.id))
 
 
 async def chat_completions(request: Request) -> Response:
@@ -198,5 +209,6 @@ async def stream_chunks(services: Services, user_id: str, queued: llm.Queued,
 
 routes = [
     Route("/v1/models", models, methods=["GET"]),
+    Route("/v1/models/{model_id:path}", model, methods=["GET"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
 ]
