@@ -6,6 +6,7 @@ model for the last-admin rules, which need an admin seat of their own.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import uuid
@@ -22,7 +23,8 @@ from tests.server import Api, ServerProcess
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
-KOREAN_PROMPT = "등대지기와 폭풍에 대한 긴 이야기를 들려주세요. Tell a long story about a lighthouse."
+KOREAN_PROMPT = ("등대지기와 폭풍에 대한 긴 이야기를 들려주세요."
+                 " Tell a long story about a lighthouse.")
 MESSAGE_FIELDS = ("id", "role", "content", "status", "token_count", "timestamp",
                   "processing_time", "metadata")
 
@@ -96,9 +98,9 @@ def test_non_admins_get_403_on_every_admin_page_and_route(
             assert "Not allowed" in response.text
     for method, path in routes:  # and nothing of it reaches anyone signed out
         response = anon.http.request(method, path, follow_redirects=False)
-        if path.startswith("/api/") or method == "POST" or path.endswith(("/live", "/tail")):
-            assert response.status_code == 401, (method, path, response.status_code)
-        elif "/frame" in path or path.endswith("/table"):
+        # Pages redirect to sign in; the API, actions, streams and fragments answer 401.
+        fragment = "/frame" in path or path.endswith(("/live", "/tail", "/table"))
+        if path.startswith("/api/") or method == "POST" or fragment:
             assert response.status_code == 401, (method, path, response.status_code)
         else:
             assert response.status_code == 303, (method, path, response.status_code)
@@ -150,7 +152,7 @@ def test_timeline_api_at_several_positions(admin: Api, author: Api,
         reply = timeline(admin, session_id, at)["messages"][-1]
         assert reply["status"] == "streaming"
         texts.append(reply["content"])
-    for earlier, later in zip(texts, texts[1:], strict=False):
+    for earlier, later in itertools.pairwise(texts):
         assert later.startswith(earlier) and len(later) > len(earlier)
     assert final["content"].startswith(texts[-1])
     assert len(texts[0]) < len(final["content"])
@@ -270,6 +272,21 @@ def test_never_the_last_admin(tmp_path: Path) -> None:
         assert second.post(f"/api/admin/users/{first_id}/teleport/").status_code == 404
     finally:
         process.stop()
+
+
+def test_sparkline_draws_runs_and_gaps() -> None:
+    from app.pages.sparkline import points, sparkline
+
+    runs = points([1.0, 2.0, None, 4.0, 2.0, None])
+    assert len(runs) == 2 and [len(run) for run in runs] == [2, 2]
+    highest = min(y for run in runs for _, y in run)  # SVG y grows downwards
+    assert runs[1][0][1] == highest  # 4.0 is the top of the chart
+    assert points([None, None]) == []
+    empty = sparkline([None] * 12, "토큰/초")
+    assert "<polyline" not in empty and "no data" in empty and "토큰/초" in empty
+    one = sparkline([None, 3.5, None], "TTFT", " s")
+    assert "<circle" in one and "3.5 s" in one
+    assert "<script" not in sparkline([1.0, 2.0], "<script>x</script>")
 
 
 # -- pages over HTTP ---------------------------------------------------------------------------
