@@ -8,11 +8,13 @@ written in the same transaction, so a crash never applies an event twice or skip
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from eventsourcing.application import Application
@@ -29,6 +31,8 @@ from projections.users import UsersProjection
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
+# Batches a rebuild replays per pass while the server runs (the live log goes between).
+REBUILD_CHUNK = 20
 POLL_SECONDS = 1.0
 # After a failed update: retry after 0.5 s, 1 s, 2 s ... at most 30 s apart; after
 # FAILING_AFTER failures in a row the read models count as failing (health, fast 503s).
@@ -107,6 +111,9 @@ class ProjectionRunner:
         self._rebuilds: set[str] = set()
         # name -> position a running rebuild has reached (read by the admin pages).
         self.rebuild_progress: dict[str, int] = {}
+        self._rebuild: _FreshCopy | None = None
+        # Batches per rebuild pass; None (offline: the command line, the start) means all.
+        self.rebuild_chunk: int | None = None
         self._rebuilds_lock = threading.Lock()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -156,6 +163,7 @@ class ProjectionRunner:
     # -- running -----------------------------------------------------------------------
 
     def start(self) -> None:
+        self.rebuild_chunk = self.rebuild_chunk or REBUILD_CHUNK
         self._thread = threading.Thread(target=self._run, name="projections", daemon=True)
         self._thread.start()
 
@@ -233,41 +241,81 @@ class ProjectionRunner:
         return {name: position for name, position in rows if name in self._projections}
 
     def _apply_rebuilds(self) -> None:
-        """Clear and replay the requested projections in one transaction.
+        """Rebuild the requested projections beside the live file, then swap them in.
 
-        Readers keep seeing the old rows until the rebuilt ones commit, so a rebuild never
-        shows a half-empty read model (no vanished sessions, no rejected tokens) and the
-        applied position never goes backwards.
+        The replay from position 0 goes into a fresh file, a few batches per pass
+        (`rebuild_chunk`), and each pass also applies the live log: writers keep
+        settling against the live read models for the whole rebuild. Once the fresh copy
+        reaches the head, its rows replace the live ones in one transaction that also
+        applies whatever arrived meanwhile: readers never see a half-empty read model,
+        and the applied position never goes backwards. Offline (no runner thread: the
+        command line, the start) a rebuild runs to its end at once.
         """
-        with self._rebuilds_lock:
-            names = sorted(self._rebuilds)
-            self._rebuilds.clear()
-        if not names:
-            return
-        self.rebuild_progress = dict.fromkeys(names, 0)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for name in names:
-                self._projections[name].clear(self._db)
-                self._db.execute(
-                    "UPDATE projection_positions SET position = 0 WHERE name = ?", (name,))
-            while True:
-                positions, notifications = self._next_batch()
-                if notifications:
-                    self._apply(positions, notifications)
-                    self.rebuild_progress = dict.fromkeys(names, notifications[-1].id)
-                if len(notifications) < BATCH_SIZE:
-                    break
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
+        if self._rebuild is None:
             with self._rebuilds_lock:
-                self._rebuilds.update(names)
-            raise
-        finally:
+                names = sorted(self._rebuilds)
+                self._rebuilds.clear()
+            if not names:
+                return
+            self._rebuild = _FreshCopy.start(self.path, names, self._projections)
+        fresh = self._rebuild
+        limit = self.rebuild_chunk
+        try:
+            passes = 0
+            while limit is None or passes < limit:
+                notifications = self._application.recorder.select_notifications(
+                    fresh.position, BATCH_SIZE, inclusive_of_start=False)
+                if notifications:
+                    fresh.db.execute("BEGIN")
+                    _apply_to(fresh.db, fresh.projections, self._application,
+                              dict.fromkeys(fresh.names, fresh.position), notifications)
+                    fresh.db.execute("COMMIT")
+                    fresh.position = notifications[-1].id
+                    self.rebuild_progress = dict.fromkeys(fresh.names, fresh.position)
+                    passes += 1
+                if len(notifications) < BATCH_SIZE:
+                    self._swap_in(fresh)
+                    return
+            self._wakeup.set()  # more to do: the next pass continues after the live log
+        except BaseException:
+            self._rebuild = None
+            fresh.discard()
             self.rebuild_progress = {}
-        log.info("projections %s rebuilt from the log up to position %d",
-                 ", ".join(names), min(self._positions_locked().values()))
+            with self._rebuilds_lock:
+                self._rebuilds.update(fresh.names)
+            raise
+
+    def _swap_in(self, fresh: _FreshCopy) -> None:
+        fresh.db.close()
+        self._db.execute("ATTACH DATABASE ? AS fresh", (str(fresh.path),))
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for name in fresh.names:
+                    for table in self._projections[name].tables:
+                        columns = _copy_columns(self._db, table)
+                        self._db.execute(f"DELETE FROM main.{table}")
+                        self._db.execute(f"INSERT INTO main.{table} ({columns})"
+                                         f" SELECT {columns} FROM fresh.{table}")
+                    self._db.execute("UPDATE projection_positions SET position = ?"
+                                     " WHERE name = ?", (fresh.position, name))
+                while True:  # what the live log gained since the fresh copy's last pass
+                    positions, notifications = self._next_batch()
+                    if notifications:
+                        self._apply(positions, notifications)
+                    if len(notifications) < BATCH_SIZE:
+                        break
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        finally:
+            self._db.execute("DETACH DATABASE fresh")
+        self._rebuild = None
+        fresh.discard()
+        self.rebuild_progress = {}
+        log.info("projections %s rebuilt beside the live file and swapped in at position %d",
+                 ", ".join(fresh.names), min(self._positions_locked().values()))
 
     def _next_batch(self) -> tuple[dict[str, int], Sequence[Notification]]:
         positions = self._positions_locked()
@@ -278,21 +326,11 @@ class ProjectionRunner:
 
     def _apply(self, positions: dict[str, int], notifications: Sequence[Notification]) -> None:
         """Apply one batch to every projection that has not seen it (inside a transaction)."""
-        mapper = self._application.mapper
-        events = [(n.id, mapper.to_domain_event(n)) for n in notifications]
-        for name, projection in self._projections.items():
-            applied = positions[name]
-            if isinstance(projection, BatchProjection):  # one call, records and events
-                projection.apply_batch(self._db, [
-                    (n, e) for n, (_, e) in zip(notifications, events, strict=True)
-                    if n.id > applied])
-            else:
-                for position, event in events:
-                    if position > applied:
-                        projection.apply(self._db, event, position)
+        _apply_to(self._db, self._projections, self._application, positions, notifications)
+        for name, applied in positions.items():
             self._db.execute(
                 "UPDATE projection_positions SET position = ? WHERE name = ?",
-                (max(applied, events[-1][0]), name),
+                (max(applied, notifications[-1].id), name),
             )
 
     def _apply_batch(self) -> int:
@@ -307,3 +345,62 @@ class ProjectionRunner:
             self._db.execute("ROLLBACK")
             raise
         return len(notifications)
+
+
+def _apply_to(db: sqlite3.Connection, projections: dict[str, Projection],
+              application: Application, positions: dict[str, int],
+              notifications: Sequence[Notification]) -> None:
+    """Apply a batch to each projection that has not seen it, in `db` (no positions)."""
+    mapper = application.mapper
+    events = [(n.id, mapper.to_domain_event(n)) for n in notifications]
+    for name, projection in projections.items():
+        applied = positions[name]
+        if isinstance(projection, BatchProjection):  # one call, records and events
+            projection.apply_batch(db, [
+                (n, e) for n, (_, e) in zip(notifications, events, strict=True)
+                if n.id > applied])
+        else:
+            for position, event in events:
+                if position > applied:
+                    projection.apply(db, event, position)
+
+
+def _copy_columns(db: sqlite3.Connection, table: str) -> str:
+    """The columns to copy a table by, its rowid included when it has one (FTS tables
+    and tables without an integer key are addressed by rowid)."""
+    names = [row[1] for row in db.execute(f"PRAGMA main.table_info({table})")]
+    sql = db.execute("SELECT sql FROM main.sqlite_master WHERE name = ?", (table,)).fetchone()
+    without_rowid = bool(sql and sql[0] and "WITHOUT ROWID" in sql[0].upper())
+    return ", ".join(names if without_rowid else ["rowid", *names])
+
+
+@dataclass
+class _FreshCopy:
+    """Projections being rebuilt in a file of their own beside the live one."""
+
+    names: list[str]
+    path: Path
+    db: sqlite3.Connection
+    projections: dict[str, Projection]
+    position: int = 0
+
+    @classmethod
+    def start(cls, live: Path, names: list[str],
+              projections: dict[str, Projection]) -> _FreshCopy:
+        path = live.with_name(f"{live.name}.rebuild")
+        _remove(path)
+        db = connect(path)
+        fresh = {name: type(projections[name])() for name in names}  # no shared caches
+        for projection in fresh.values():
+            projection.create(db)
+        return cls(names, path, db, fresh)
+
+    def discard(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+        _remove(self.path)
+
+
+def _remove(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
