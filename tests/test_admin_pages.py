@@ -308,6 +308,13 @@ def test_pages_render_for_admins(admin: Api, author: Api,
     assert "등대 이야기" in sessions
 
 
+def test_pages_speak_korean_and_english(admin: Api) -> None:
+    korean = admin.get("/admin/users", headers={"Accept-Language": "ko-KR,ko;q=0.9"}).text
+    assert "대시보드" in korean and "사용자" in korean and "Dashboard" not in korean
+    english = admin.get("/admin/users", headers={"Accept-Language": "en-US"}).text
+    assert "Dashboard" in english and "대시보드" not in english
+
+
 def test_event_browser_filters_and_pages(admin: Api, author: Api,
                                          finished_chat: dict[str, Any]) -> None:
     page = admin.get("/admin/events", params={"type": "UserMessagePosted",

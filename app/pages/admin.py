@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from app.auth import optional_user, require_admin, services_of
 from app.http_input import query_int, resume_position
+from app.i18n import gettext as _
 from app.pages.render import fragment, page
 from app.pages.sparkline import sparkline
 from app.services import Services
@@ -61,8 +62,8 @@ async def stats_html(services: Services) -> str:
     flow = figures["throughput"]
     return fragment(
         "admin/_stats.html", d=figures,
-        tps_chart=sparkline(flow.tokens_per_second, "Tokens per second", " tok/s"),
-        ttft_chart=sparkline(flow.time_to_first_token, "Time to first token", " s"),
+        tps_chart=sparkline(flow.tokens_per_second, _("Tokens per second"), " tok/s"),
+        ttft_chart=sparkline(flow.time_to_first_token, _("Time to first token"), " s"),
     )
 
 
