@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app import errors, i18n
-from app.api import admin, auth, exports, health, llm, messages, openai_compat, sessions
+from app.api import admin, auth, exports, health, llm, messages, openai_compat, search, sessions
 from app.api import branches as branches_api
 from app.api import metrics as metrics_api
 from app.api import profile as profile_api
@@ -25,6 +25,7 @@ from app.pages import exports as exports_page
 from app.pages import history as history_page
 from app.pages import language as language_page
 from app.pages import profile as profile_page
+from app.pages import search as search_page
 from app.pages import signals as signals_page
 from app.pages.errors import page_error
 from app.security_headers import SecurityHeaders
@@ -83,8 +84,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *language_page.routes,
         *exports.routes, *exports_page.routes,  # before the {session_id} routes
         *health.routes, *auth.routes, *sessions.routes, *messages.routes, *admin.routes,
-        *llm.routes, *openai_compat.routes, *metrics_api.routes,
-        *accounts.routes, *chat.routes, *assets.routes, *admin_pages.routes,
+        *search.routes, *llm.routes, *openai_compat.routes, *metrics_api.routes,
+        *accounts.routes, *chat.routes, *search_page.routes, *assets.routes, *admin_pages.routes,
     ]
     return Starlette(
         routes=routes,

@@ -39,6 +39,7 @@ from domain.application import ChatApplication
 from domain.errors import DomainError
 from projections import messages as messages_read
 from projections.runner import ProjectionRunner
+from projections.vectors import VectorFollower, VectorIndex
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,6 +79,9 @@ class Services:
     queue_reserved: int = 0  # replies between the queue check and the queue (use cases)
     actor_task: asyncio.Task[None] | None = None
     metrics: Metrics | None = None
+    # Semantic search; None when the vector index could not be opened (keyword search stays).
+    vectors: VectorIndex | None = None
+    vector_follower: VectorFollower | None = None
 
     async def command(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a domain command in a worker thread (the event store is synchronous)."""
@@ -149,6 +153,7 @@ async def start_services(settings: Settings) -> Services:
         changes=changes, streams=StreamCounter(settings.max_streams_per_user),
     )
     await interrupt_open_replies(services)
+    await anyio.to_thread.run_sync(start_vectors, services)
     await load_model(services)
     services.actor_task = asyncio.create_task(actor.run(), name="inference-actor")
     services.metrics = Metrics()
@@ -167,6 +172,22 @@ async def interrupt_open_replies(services: Services) -> None:
             log.info("reply %s was left open by a stop; marked interrupted", reply_id)
         except DomainError as error:
             log.info("reply %s: %s", reply_id, error)
+
+
+def start_vectors(services: Services) -> None:
+    """Open the vector index and start its follower (it embeds off the request path)."""
+    data_dir = services.settings.data_dir
+    try:
+        services.vectors = VectorIndex(data_dir / "chroma")
+        services.vector_follower = VectorFollower(services.chat, services.vectors,
+                                                  data_dir / "vectors.sqlite")
+    except Exception:  # search without the semantic half beats no server
+        log.exception("vector index unavailable; search is keyword-only")
+        services.vectors = None
+        return
+    services.conversations.vectors = services.vectors  # long memory recalls from it
+    services.chat.add_head_listener(services.vector_follower.wake)
+    services.vector_follower.start()
 
 
 def build_engine(settings: Settings, path: Path) -> Engine:
@@ -200,6 +221,8 @@ async def stop_services(services: Services) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await services.actor_task
     services.conversations.close()
+    if services.vector_follower is not None:
+        await anyio.to_thread.run_sync(services.vector_follower.stop)
     services.projections.stop()
     await services.read_db.close()
     await services.event_log.close()

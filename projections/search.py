@@ -27,6 +27,7 @@ TRIGRAM = 3
 class SearchProjection(Projection):
     name = "search"
     tables = ("search_sessions", "search_messages", "search_text")
+    version = 2  # 2: edited messages
     # The FTS rowid of a message is the log position of the event that indexed it: unique,
     # and the same in every rebuild.
     schema = """
@@ -66,6 +67,10 @@ class SearchProjection(Projection):
 
     def on_ChatSession_UserMessagePosted(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
         self._index(db, e, pos, str(e.message_id), "user", e.content)
+
+    def on_ChatSession_UserMessageEdited(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+        # The new version is a message of its own; the old one stays (its versions view).
+        self._index(db, e, pos, str(e.new_message_id), "user", e.content)
 
     def on_ChatSession_MessageImported(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
         self._index(db, e, pos, str(e.message_id), e.role, e.content)

@@ -47,8 +47,11 @@ POLL_SECONDS = 1.0
 BACKGROUND_NICE = 19      # lowest priority: token streaming always comes first
 BACKGROUND_THREADS = 1
 
-# Everyday requests on many topics, Korean and English: the yardstick of "unrelated".
+# The yardstick of "unrelated": everyday requests on many topics, Korean and English, and
+# the short filler that chats are full of (short texts sit close to any short query).
 UNRELATED = (
+    "네", "아니요", "음", "ㅋㅋ", "?", "1", "ok", "yes", "hello", "test", "아래", "좋아요",
+    "감사합니다", "테스트 메시지입니다", "두 번째 메시지",
     "회사에서 점심 메뉴를 고르는 중이에요", "이 문장을 영어로 번역해 줘",
     "수학 숙제를 도와줄 수 있어?", "새 노트북을 사려고 하는데 추천해 줘",
     "지하철 노선도를 보는 법", "감기에 걸렸을 때 먹으면 좋은 음식",
@@ -62,9 +65,9 @@ UNRELATED = (
 )
 
 TOPICS = tuple(get_topic(getattr(ChatSession, name)) for name in (
-    "Started", "Deleted", "UserMessagePosted", "ReplyCompleted", "ReplyCancelled",
-    "ReplyInterrupted",
-))
+    "Started", "Deleted", "UserMessagePosted", "UserMessageEdited", "MessageImported",
+    "ReplyCompleted", "ReplyCancelled", "ReplyInterrupted",
+) if hasattr(ChatSession, name))
 
 
 @dataclass(frozen=True)
@@ -374,6 +377,10 @@ class _Batch:
             return
         if name == "ChatSession.UserMessagePosted":
             message_id, role = str(event.message_id), "user"
+        elif name == "ChatSession.UserMessageEdited":  # the new version of a message
+            message_id, role = str(event.new_message_id), "user"
+        elif name == "ChatSession.MessageImported":  # from an exported chat file
+            message_id, role = str(event.message_id), str(event.role)
         else:
             message_id, role = str(event.reply_id), "assistant"
         owner = follower.owner(session_id)

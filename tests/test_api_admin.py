@@ -12,7 +12,7 @@ from tests.server import Api, ServerProcess, assert_error, is_iso_utc
 
 EVENT_KEYS = {"id", "position", "originator_id", "originator_version", "type", "timestamp",
               "data"}
-PROJECTIONS = ["users", "sessions", "messages", "hashchain", "event_index"]
+PROJECTIONS = ["users", "sessions", "messages", "hashchain", "event_index", "search"]
 
 
 def page(admin: Api, **params: Any) -> dict[str, Any]:

@@ -118,7 +118,8 @@ def test_projections_build_the_expected_rows(chat: ChatApplication, tmp_path: Pa
     try:
         assert runner.catch_up() == chat.head()
         assert runner.positions() == {name: chat.head() for name in runner.names}
-        assert runner.names == ["users", "sessions", "messages", "hashchain", "event_index"]
+        assert runner.names == ["users", "sessions", "messages", "hashchain", "event_index",
+                                "search"]
     finally:
         runner.stop()
 

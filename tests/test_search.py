@@ -232,6 +232,26 @@ def test_another_users_messages_are_never_found(world: World) -> None:
     assert world.find("junho", "따뜻합") == []
 
 
+def test_edited_and_imported_messages_are_found(own_world: World) -> None:
+    w = own_world
+    daily = UUID(w.find("minji", "따뜻합")[0].session_id)
+    new_id, _, _ = w.chat.edit_message(daily, w.users["minji"], UUID(w.ids["stew"]),
+                                       "된장찌개 끓이는 법을 알려줘", 1)
+    imported, _ = w.chat.import_session(w.users["minji"], "가져온 대화", CONFIG, [
+        {"role": "user", "content": "제주도 한라산 등반 코스를 추천해 주세요",
+         "timestamp": "2026-01-02T03:04:05.000000Z", "status": "complete",
+         "token_count": None, "processing_time": None, "metadata": {}},
+        {"role": "assistant", "content": "성판악 코스가 가장 완만합니다",
+         "timestamp": "2026-01-02T03:04:06.000000Z", "status": "complete",
+         "token_count": 5, "processing_time": 0.5, "metadata": {}},
+    ], "localchat")
+    w.settle()
+    assert w.keyword("minji", "된장찌개") == [str(new_id)]
+    assert [hit.session_id for hit in w.find("minji", "성판악")] == [str(imported)]
+    related = w.index.related(str(imported), "산에 오르는 여행 준비", [], 2)
+    assert [r.role for r in related] == ["user", "assistant"]
+
+
 # -- deletion, rebuild, crash ----------------------------------------------------------------
 
 

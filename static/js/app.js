@@ -172,6 +172,27 @@
   } else {
     init(document.body);
   }
+
+  // (f) A search result opens its chat at the message (#msg-<id>), highlighted, and stops
+  // the conversation from pinning itself to the bottom over it.
+  function showFound() {
+    var id = decodeURIComponent(location.hash.slice(1));
+    var el = /^msg-/.test(id) && document.getElementById(id);
+    document.querySelectorAll('.message--found').forEach(function (m) {
+      if (m !== el) m.classList.remove('message--found');
+    });
+    if (!el) return;
+    var box = el.closest('[data-autoscroll]');
+    if (box) pinned.set(box, false);
+    el.classList.add('message--found');
+    el.scrollIntoView({ block: 'center' });
+  }
+  window.addEventListener('hashchange', showFound);
+  if (document.readyState === 'loading') {
+    document.addEventListener('DOMContentLoaded', showFound);
+  } else {
+    showFound();
+  }
 })();
 
 /* Copy buttons on code blocks (app/rendering/code.py):
