@@ -164,11 +164,12 @@ def queries(read_models: Path, events_path: Path,
     longest_chat = UUID(db.execute(
         "SELECT session_id FROM messages GROUP BY session_id ORDER BY COUNT(*) DESC LIMIT 1"
     ).fetchone()[0])
-    middle_day = db.execute("SELECT substr(at, 1, 10) FROM event_index WHERE position = ?",
-                            (head // 2,)).fetchone()[0]
+    middle = db.execute("SELECT at FROM event_index WHERE position = ?",
+                        (head // 2,)).fetchone()[0]
     db.close()
-    from datetime import datetime, timedelta
-    day = datetime.fromisoformat(middle_day + "T00:00:00+00:00")
+    from datetime import UTC, datetime, timedelta
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=middle)
+    day = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
     cases: list[tuple[str, Callable[[], list[Any]]]] = [
         ("newest 100 events", lambda: browser.select(EventFilter(), limit=100,
                                                      newest_first=True)),

@@ -19,32 +19,34 @@ themselves are then read from the store by position.
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from uuid import UUID
 
 from projections.batch import Batch, BatchProjection
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND = timedelta(microseconds=1)
 
-def time_key(moment: datetime) -> str:
-    """How `at` stores a time: ISO 8601 in UTC with microseconds, so text order is time order.
 
-    (Event timestamps are UTC already; `isoformat` is several times faster than strftime.)"""
-    if moment.tzinfo is not UTC:
-        moment = moment.astimezone(UTC)
-    return moment.isoformat(timespec="microseconds")
+def time_key(moment: datetime) -> int:
+    """How `at` stores a time: microseconds since 1970 (UTC). Cheaper to make, store and
+    compare than text; the events themselves keep their full timestamps."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // ONE_MICROSECOND
 
 
 class EventIndexProjection(BatchProjection):
     name = "event_index"
-    version = 2  # v2: numbered types and users, no index on `at`
+    version = 3  # v2: numbered types and users, no index on `at`; v3: `at` in microseconds
     tables = ("event_index", "event_types", "event_users", "event_owners")
     schema = """
     CREATE TABLE IF NOT EXISTS event_index (
         position INTEGER PRIMARY KEY,
         type INTEGER NOT NULL,
         user INTEGER,
-        at TEXT NOT NULL
+        at INTEGER NOT NULL
     );
     CREATE INDEX IF NOT EXISTS event_index_by_type ON event_index (type, position);
     CREATE INDEX IF NOT EXISTS event_index_by_user ON event_index (user, position);
@@ -101,7 +103,7 @@ class EventIndexProjection(BatchProjection):
         types, users, owners, fields = self._types, self._users, self._owners, self._fields
         new_types, new_users, new_owners, rows = [], [], [], []
         row = db.execute("SELECT at FROM event_index ORDER BY position DESC LIMIT 1").fetchone()
-        latest = row[0] if row else ""
+        latest = row[0] if row else 0
         for record, decoded in batch:
             event: Any = decoded  # every event of ours is an eventsourcing DomainEvent
             kind = type(event).__qualname__
