@@ -395,6 +395,15 @@ def test_dashboard_updates_live(context: BrowserContext, server: ServerProcess, 
     assert int(events.inner_text()) > before
     expect(page.locator("#stat-chain-position")).not_to_have_text("0")
 
+    # A reply being written shows up with its author, its chat and its tokens so far.
+    chat = author.new_session(title="생성 중인 대화", max_tokens=1500, temperature=0.9)
+    author.post_message(chat["id"], KOREAN_PROMPT)
+    generating = page.locator("#generating")
+    expect(generating).to_contain_text(author.user["username"], timeout=120_000)
+    expect(generating).to_contain_text("생성 중인 대화")
+    assert author.post(f"/api/sessions/{chat['id']}/cancel/").status_code in (200, 202, 204)
+    expect(generating).not_to_contain_text("생성 중인 대화", timeout=60_000)
+
 
 def test_event_browser_filters_and_tails_live(context: BrowserContext, server: ServerProcess,
                                               admin: Api, author: Api) -> None:
