@@ -19,7 +19,7 @@ from tests.server import Api, ServerProcess
 
 PUBLIC = {
     "/healthz", "/api/auth/register/", "/api/auth/login/", "/login", "/register",
-    "/vendor/{name:str}", "/metrics", "/",
+    "/vendor/{name:str}", "/metrics", "/", "/language",
 }
 ADMIN_PREFIXES = ("/api/admin/", "/admin")
 API_PREFIXES = ("/api/", "/v1/", "/metrics", "/healthz")
