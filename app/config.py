@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     generation_timeout: float = Field(default=300.0, gt=0)
     token_flush_interval: float = Field(default=0.05, gt=0)
     token_flush_count: int = Field(default=8, ge=1)
+    # Seconds a reply may wait for its first token (None: only GENERATION_TIMEOUT applies).
+    first_token_timeout: float | None = Field(default=None, gt=0)
+    max_queued_per_user: int = Field(default=8, ge=1)  # more waiting replies: 429
 
     # Engine tuning (the batching engine reads these): replies decoded together, prompt
     # tokens per decode call, how the weights are mapped, flash attention (None: auto).
@@ -52,6 +55,8 @@ class Settings(BaseSettings):
     use_mmap: bool = True
     use_mlock: bool = False
     flash_attn: bool | None = None
+    # Saved KV state of chats that lost their slot, under DATA_DIR/kv-cache, at most this.
+    kv_cache_bytes: int = Field(default=1 << 30, ge=0)
 
     # Security.
     token_ttl_days: int = Field(default=30, ge=1)

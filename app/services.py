@@ -19,8 +19,8 @@ from app.config import Settings
 from app.conversations import ConversationReader
 from app.event_log import EventLog
 from app.inference.actor import InferenceActor, Tuning
+from app.inference.batched_engine import BatchedEngine
 from app.inference.engine import Engine
-from app.inference.llama_engine import LlamaEngine
 from app.inference.registry import ModelRegistry, parse_paths
 from app.inference.switching import ModelSwitcher
 from app.metrics import Metrics
@@ -139,6 +139,8 @@ async def start_services(settings: Settings) -> Services:
     actor = InferenceActor(chat, conversations, Tuning(
         max_queue=settings.max_queue, timeout=settings.generation_timeout,
         flush_interval=settings.token_flush_interval, flush_count=settings.token_flush_count,
+        first_token_timeout=settings.first_token_timeout,
+        max_queued_per_user=settings.max_queued_per_user,
     ))
     services = Services(
         settings=settings, chat=chat, projections=runner, read_db=read_db,
@@ -192,7 +194,12 @@ def start_vectors(services: Services) -> None:
 
 def build_engine(settings: Settings, path: Path) -> Engine:
     """The engine for one model file (at startup, and when a reply switches models)."""
-    return LlamaEngine(path, settings.n_ctx, settings.n_threads, settings.n_gpu_layers)
+    return BatchedEngine(
+        path, n_ctx=settings.n_ctx, n_parallel=settings.n_parallel,
+        n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
+        n_batch=settings.n_batch, use_mmap=settings.use_mmap, use_mlock=settings.use_mlock,
+        flash_attn=settings.flash_attn, cache_dir=settings.data_dir / "kv-cache",
+        cache_bytes=settings.kv_cache_bytes)
 
 
 async def load_model(services: Services) -> None:
@@ -220,6 +227,9 @@ async def stop_services(services: Services) -> None:
         services.actor_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await services.actor_task
+    close = getattr(services.actor.engine, "close", None)
+    if callable(close):  # the batching engine saves its chats' KV states for the next start
+        await anyio.to_thread.run_sync(close)
     services.conversations.close()
     if services.vector_follower is not None:
         await anyio.to_thread.run_sync(services.vector_follower.stop)

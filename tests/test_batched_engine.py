@@ -13,18 +13,9 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.inference.batched_engine import (
-    BatchedEngine,
-    Done,
-    Event,
-    Failed,
-    GenerationRequest,
-    Job,
-    Started,
-    Text,
-    _Entry,
-)
+from app.inference.batched_engine import BatchedEngine, _Entry
 from app.inference.engine import Turn
+from app.inference.jobs import Done, Event, Failed, GenerationRequest, Job, Started, Text
 from app.inference.kv_cache import SeqStateCache
 from app.inference.sampling import GenerationParams, TextStream
 

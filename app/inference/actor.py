@@ -1,34 +1,48 @@
-"""The inference actor: the one owner of the engine, working through a queue of replies.
+"""The inference actor: the one owner of the engine, feeding it replies from a fair queue.
 
-Jobs are replies already recorded as `queued`. The actor runs them one at a time in a
-worker thread (the event loop never waits on the model) and records what happens as
-events on the session: started, tokens in small batches, then completed, failed or
-cancelled. Tokens are batched because every commit waits for the disk; the first token
-is committed at once so the reader sees the reply begin without delay.
+Jobs are replies already recorded as `queued`. They wait in a queue that takes turns
+between users; the actor hands the engine as many as it decodes together (its
+`n_parallel`) and gives each new one to the engine as soon as a running one ends
+(continuous batching). Preparing a reply (its history, its prompt) runs in a worker
+thread, so the event loop never waits on the model or the read models.
+
+What the engine reports is recorded as events on the session, in one recorder thread:
+started, tokens in small batches, then completed, failed, cancelled or interrupted. Tokens
+are batched per reply (one commit per 50 ms or 8 tokens) because every commit waits for
+the disk; a reply's first token is committed at once so its reader sees it begin.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 from uuid import UUID
 
 import anyio
 
 from app.conversations import Conversation
-from app.inference.engine import (
-    ContextTooLong,
-    Engine,
-    Finished,
-    SamplingParams,
-    Token,
-    Turn,
+from app.inference.engine import ContextTooLong, Engine, PreparedPrompt, Turn
+from app.inference.fair_queue import FairQueue
+from app.inference.jobs import (
+    Done,
+    Event,
+    Failed,
+    GenerationRequest,
+    JobEngine,
+    Started,
+    Text,
 )
+from app.inference.jobs import Job as EngineJob
+from app.inference.sampling import GenerationParams
+from app.inference.serial_engine import SerialEngine
 from domain.application import ChatApplication
 from domain.errors import DomainError
 from domain.sessions import ChatSession
@@ -36,6 +50,8 @@ from domain.sessions import ChatSession
 log = logging.getLogger(__name__)
 
 RECENT_WINDOW = 20  # generations remembered for tokens_per_second_recent
+DRAIN_SECONDS = 15.0  # how long shutdown waits for running replies to be recorded
+DEFAULT_REPLY_SECONDS = 10.0  # a reply's expected length before any was measured
 
 
 class QueueFull(Exception):
@@ -44,6 +60,14 @@ class QueueFull(Exception):
 
 class ModelNotLoaded(Exception):
     pass
+
+
+class TooManyQueued(Exception):
+    """This user already has as many replies waiting as one user may (429 + Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 # Reads what a reply answers: (session_id, reply_id, position of its queueing).
@@ -55,6 +79,7 @@ class Job:
     session_id: UUID
     reply_id: UUID
     position: int
+    owner: str = ""  # whose turn it is in the fair queue
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -71,6 +96,23 @@ class Tuning:
     timeout: float
     flush_interval: float
     flush_count: int
+    first_token_timeout: float | None = None
+    max_queued_per_user: int | None = None
+
+
+@dataclass
+class _Flight:
+    """A reply handed to the engine (or being prepared for it)."""
+
+    job: Job
+    engine: JobEngine | None = None
+    handle: EngineJob | None = None
+    prompt: PreparedPrompt | None = None
+    params: GenerationParams | None = None
+    batch: _TokenBatch | None = None
+    started: float = 0.0
+    first_token_at: float | None = None
+    cached_tokens: int = 0
 
 
 class InferenceActor:
@@ -79,12 +121,17 @@ class InferenceActor:
         self._chat = chat
         self._conversations = conversations
         self._tuning = tuning
-        self.engine: Engine | None = None
+        self.engine: Engine | None = None  # a job-taking engine, or one reply at a time
         self.load_error: str | None = None
-        self._waiting: deque[Job] = deque()
-        self._running: Job | None = None
+        self._waiting: FairQueue[Job] = FairQueue()
+        self._flights: dict[UUID, _Flight] = {}  # by reply id
         self._lock = threading.Lock()
         self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: queue.Queue[tuple[_Flight, Event] | None] = queue.Queue()
+        self._recorder: threading.Thread | None = None
+        self._landed = threading.Condition(self._lock)
+        self._serial: SerialEngine | None = None  # wraps a one-reply-at-a-time engine
         self.recent: deque[Generation] = deque(maxlen=RECENT_WINDOW)
         self.generations_total = 0
         self.tokens_total = 0
@@ -98,21 +145,31 @@ class InferenceActor:
 
     @property
     def generating(self) -> bool:
-        return self._running is not None
+        return bool(self._flights)
 
-    def next_position(self) -> int:
-        """The queue position a reply queued now would get (1 = starts next)."""
+    def next_position(self, owner: str | None = None) -> int:
+        """The place a reply queued now would get: 1 + the replies before it, those being
+        written included. With `owner`, refuses a user over their share of the queue."""
         if self.engine is None:
             raise ModelNotLoaded(self.load_error or "The model is not loaded.")
         with self._lock:
             if len(self._waiting) >= self._tuning.max_queue:
                 raise QueueFull(f"{len(self._waiting)} replies are already waiting.")
-            return len(self._waiting) + (1 if self._running else 0) + 1
+            cap = self._tuning.max_queued_per_user
+            if owner is not None and cap is not None and self._waiting.count(owner) >= cap:
+                raise TooManyQueued(f"You already have {cap} replies waiting.",
+                                    self._retry_after())
+            ahead = (self._waiting.ahead_of_new(owner) if owner is not None
+                     else len(self._waiting))
+            return len(self._flights) + ahead + 1
 
-    def enqueue(self, session_id: UUID, reply_id: UUID, position: int) -> None:
-        """Queue a reply recorded as queued at log `position`."""
+    def enqueue(self, session_id: UUID, reply_id: UUID, position: int,
+                owner: str | None = None) -> None:
+        """Queue a reply recorded as queued at log `position`; `owner` takes turns with
+        other users (without one, the session stands for its user)."""
+        job = Job(session_id, reply_id, position, owner or f"session:{session_id}")
         with self._lock:
-            self._waiting.append(Job(session_id, reply_id, position))
+            self._waiting.push(job.owner, job)
         self._wakeup.set()
 
     def withdraw(self, session_id: UUID) -> tuple[list[UUID], bool]:
@@ -122,48 +179,113 @@ class InferenceActor:
         a running reply was signalled (the actor records that one itself).
         """
         with self._lock:
-            withdrawn = [job for job in self._waiting if job.session_id == session_id]
-            for job in withdrawn:
-                self._waiting.remove(job)
-            running = self._running
-            signalled = running is not None and running.session_id == session_id
-            if signalled and running is not None:
-                running.cancelled.set()
-        return [job.reply_id for job in withdrawn], signalled
+            withdrawn = self._waiting.remove(lambda job: job.session_id == session_id)
+            running = [f for f in self._flights.values() if f.job.session_id == session_id]
+            for flight in running:
+                flight.job.cancelled.set()
+                if flight.handle is not None:
+                    flight.handle.cancel()
+        return [job.reply_id for job in withdrawn], bool(running)
 
     def shutdown(self) -> None:
-        """Stop the running reply; it is recorded as interrupted, keeping its text."""
+        """Stop the running replies; they are recorded as interrupted, keeping their text."""
         with self._lock:
             self._stopping = True
-            if self._running is not None:
-                self._running.cancelled.set()
+            self._cancel_flights()
 
     def tokens_per_second_recent(self) -> float:
         tokens = sum(g.tokens for g in self.recent)
         seconds = sum(g.seconds for g in self.recent)
         return round(tokens / seconds, 2) if seconds else 0.0
 
+    def _retry_after(self) -> int:
+        seconds = [g.seconds for g in self.recent]
+        typical = sum(seconds) / len(seconds) if seconds else DEFAULT_REPLY_SECONDS
+        return max(1, min(60, math.ceil(typical)))
+
+    def _cancel_flights(self) -> None:
+        for flight in self._flights.values():
+            flight.job.cancelled.set()
+            if flight.handle is not None:
+                flight.handle.cancel()
+
     # -- the loop ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
-            with self._lock:
-                job = self._waiting.popleft() if self._waiting else None
-                self._running = job
-            if job is None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        if self._recorder is None:
+            self._recorder = threading.Thread(target=self._record_events,
+                                              name="reply-recorder", daemon=True)
+            self._recorder.start()
+        try:
+            while True:
                 self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            try:
-                await anyio.to_thread.run_sync(self._generate, job, abandon_on_cancel=False)
-            except Exception as error:
-                log.exception("generation of reply %s crashed", job.reply_id)
-                await anyio.to_thread.run_sync(self._fail_after_crash, job, error)
-            finally:
-                with self._lock:
-                    self._running = None
+                flight = self._take_off()
+                if flight is None:
+                    await self._wakeup.wait()
+                    continue
+                try:
+                    await anyio.to_thread.run_sync(self._begin, flight, abandon_on_cancel=False)
+                except Exception as error:
+                    log.exception("starting reply %s crashed", flight.job.reply_id)
+                    await anyio.to_thread.run_sync(self._fail_after_crash, flight.job, error)
+                    self._land(flight)
+        except asyncio.CancelledError:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._drain)
+            raise
 
-    # -- one generation (worker thread) ---------------------------------------------------
+    def _take_off(self) -> _Flight | None:
+        """The next reply to hand the engine, if it has room (one reply per chat at once)."""
+        with self._lock:
+            engine = self._job_engine()
+            room = engine.n_parallel if engine is not None else 1
+            if len(self._flights) >= room:
+                return None
+            busy = {f.job.session_id for f in self._flights.values()}
+            job = self._waiting.pop(lambda j: j.session_id not in busy)
+            if job is None:
+                return None
+            flight = _Flight(job, engine)
+            self._flights[job.reply_id] = flight
+            return flight
+
+    def _job_engine(self) -> JobEngine | None:
+        """The engine as a job taker; a one-reply-at-a-time engine gets a serial wrapper."""
+        engine = self.engine
+        if engine is None:
+            return None
+        if hasattr(engine, "submit"):
+            return cast(JobEngine, engine)
+        if self._serial is None or self._serial.inner is not engine:
+            old, self._serial = self._serial, SerialEngine(engine)
+            if old is not None:
+                threading.Thread(target=old.close, daemon=True).start()
+        return self._serial
+
+    def _land(self, flight: _Flight) -> None:
+        """The reply is over (recorded): its place goes to the next one."""
+        with self._lock:
+            self._flights.pop(flight.job.reply_id, None)
+            self._landed.notify_all()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    def _drain(self) -> None:
+        """At shutdown: end every running reply as interrupted and wait for the records."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        with self._lock:
+            self._stopping = True
+            self._cancel_flights()
+            while self._flights and time.monotonic() < deadline:
+                self._landed.wait(deadline - time.monotonic())
+        self._events.put(None)
+        if self._recorder is not None:
+            self._recorder.join(DRAIN_SECONDS)
+            self._recorder = None
+
+    # -- starting a reply (worker thread) --------------------------------------------------
 
     def _record(self, job: Job, change: Callable[[ChatSession], None]) -> bool:
         try:
@@ -181,88 +303,141 @@ class InferenceActor:
         except Exception:
             log.exception("could not record the failure of reply %s", job.reply_id)
 
-    def _generate(self, job: Job) -> None:
-        engine, rid = self.engine, job.reply_id
+    def _begin(self, flight: _Flight) -> None:
+        """Read the reply's conversation, fit the prompt, record the start, submit it."""
+        job, engine, rid = flight.job, flight.engine, flight.job.reply_id
         if engine is None:
             self._record(job, lambda s: s.fail_reply(rid, "model_not_loaded",
                                                      "The model is not loaded."))
+            self._land(flight)
             return
         if job.cancelled.is_set():
-            self._record(job, lambda s: s.cancel_reply(rid))
+            self._record(job, (lambda s: s.interrupt_reply(rid)) if self._stopping
+                         else (lambda s: s.cancel_reply(rid)))
+            self._land(flight)
             return
         conversation = self._conversations(job.session_id, rid, job.position)
         config = conversation.config
         history = [Turn(role, content) for _id, role, content in conversation.turns]
-        params = SamplingParams(
-            temperature=config["temperature"], top_p=config["top_p"],
-            max_tokens=config["max_tokens"],
-        )
         try:
-            prompt = engine.prepare(config["system_prompt"], history, params.max_tokens)
+            prompt = engine.prepare(config["system_prompt"], history, config["max_tokens"])
         except ContextTooLong as error:
             reason = str(error)
             self._record(job, lambda s: s.fail_reply(rid, "context_too_long", reason))
+            self._land(flight)
             return
         if not self._record(job, lambda s: s.start_reply(rid, len(prompt.tokens),
                                                          prompt.dropped_turns)):
+            self._land(flight)
             return
-        batch = _TokenBatch(self, job)
-        started = time.monotonic()
-        deadline = started + self._tuning.timeout
-        finish, first_token_at = "stop", None
+        seed = config.get("seed")
+        flight.prompt, flight.params = prompt, GenerationParams(
+            temperature=config["temperature"], top_p=config["top_p"],
+            max_tokens=prompt.max_tokens, seed=seed if isinstance(seed, int) else None,
+            stop=tuple(s for s in config.get("stop") or () if isinstance(s, str)))
+        flight.batch = _TokenBatch(self, job)
+        flight.started = time.monotonic()
+        handle = engine.submit(GenerationRequest(
+            prompt.tokens, flight.params, key=str(job.session_id),
+            timeout=self._tuning.timeout, first_token_timeout=self._tuning.first_token_timeout,
+        ), lambda event: self._events.put((flight, event)))
+        with self._lock:
+            flight.handle = handle
+            cancelled = job.cancelled.is_set()
+        if cancelled:
+            handle.cancel()
+
+    # -- recording what the engine reports (recorder thread) -------------------------------
+
+    def _record_events(self) -> None:
+        while True:
+            try:
+                item = self._events.get(timeout=self._tuning.flush_interval)
+            except queue.Empty:
+                item = ()  # type: ignore[assignment]
+            if item is None:
+                return
+            if item:
+                flight, event = item
+                try:
+                    self._on_event(flight, event)
+                except Exception as error:
+                    log.exception("recording reply %s crashed", flight.job.reply_id)
+                    if flight.handle is not None:
+                        flight.handle.cancel()
+                    self._fail_after_crash(flight.job, error)
+                    self._land(flight)
+            self._flush_due()
+
+    def _flush_due(self) -> None:
+        """Tokens waiting longer than the flush interval go now, even with no new token."""
+        with self._lock:
+            flights = list(self._flights.values())
+        for flight in flights:
+            batch = flight.batch
+            if (batch is not None and batch.due() and not batch.flush()
+                    and flight.handle is not None):
+                flight.handle.cancel()
+
+    def _on_event(self, flight: _Flight, event: Event) -> None:
+        batch = flight.batch
+        assert batch is not None
+        if isinstance(event, Started):
+            flight.cached_tokens = event.reused_tokens
+        elif isinstance(event, Text):
+            if flight.first_token_at is None and event.tokens:
+                flight.first_token_at = time.monotonic() - flight.started
+            if not batch.add(event.text, event.tokens) and flight.handle is not None:
+                flight.handle.cancel()  # the reply was ended elsewhere: stop writing it
+        else:
+            self._finish(flight, event)
+
+    def _finish(self, flight: _Flight, outcome: Done | Failed) -> None:
+        job, rid, batch = flight.job, flight.job.reply_id, flight.batch
+        assert batch is not None and flight.prompt is not None and flight.params is not None
         try:
-            for item in engine.stream(prompt, SamplingParams(
-                params.temperature, params.top_p, prompt.max_tokens
-            )):
-                if isinstance(item, Finished):
-                    finish = item.reason
-                    break
-                if first_token_at is None:
-                    first_token_at = time.monotonic() - started
-                batch.add(item)
-                if job.cancelled.is_set():
-                    finish = "cancelled"
-                    break
-                if time.monotonic() > deadline:
-                    finish = "timeout"
-                    break
             if not batch.flush():
                 return
-        except Exception as error:
-            log.exception("engine failed on reply %s", rid)
-            batch.flush()
-            reason = f"The model failed: {error}"
-            self._record(job, lambda s: s.fail_reply(rid, "generation_failed", reason))
-            return
-        seconds = time.monotonic() - started
-        self.recent.append(Generation(batch.token_count, seconds, first_token_at))
-        self.generations_total += 1
-        self.tokens_total += batch.token_count
-        if finish == "cancelled" and self._stopping:
-            self._record(job, lambda s: s.interrupt_reply(rid))
-        elif finish == "cancelled":
-            self._record(job, lambda s: s.cancel_reply(rid))
-        elif finish == "timeout":
-            self._record(job, lambda s: s.fail_reply(
-                rid, "timeout", f"The reply took longer than {self._tuning.timeout:g} seconds."))
-        else:
-            self._record(job, lambda s: s.complete_reply(
-                rid,
-                token_count=batch.token_count,
-                processing_time=round(seconds, 3),
-                time_to_first_token=None if first_token_at is None else round(first_token_at, 3),
-                model_version=engine.info.id,
-                model_params={"temperature": params.temperature, "top_p": params.top_p,
-                              "max_tokens": params.max_tokens, "n_ctx": engine.info.n_ctx,
-                              "prompt_tokens": len(prompt.tokens),
-                              "dropped_turns": prompt.dropped_turns},
-                prompt_template=engine.info.prompt_template,
-                finish_reason=finish,
-            ))
+            seconds = time.monotonic() - flight.started
+            self.recent.append(Generation(batch.token_count, seconds, flight.first_token_at))
+            self.generations_total += 1
+            self.tokens_total += batch.token_count
+            if isinstance(outcome, Failed):
+                code, message = outcome.code, outcome.message
+                self._record(job, lambda s: s.fail_reply(rid, code, message))
+            elif outcome.reason == "interrupted" or (outcome.reason == "cancelled"
+                                                     and self._stopping):
+                self._record(job, lambda s: s.interrupt_reply(rid))
+            elif outcome.reason == "cancelled":
+                self._record(job, lambda s: s.cancel_reply(rid))
+            else:
+                self._record(job, lambda s: s.complete_reply(
+                    rid, **self._outcome(flight, batch.token_count, seconds, outcome.reason)))
+        finally:
+            self._land(flight)
+
+    def _outcome(self, flight: _Flight, tokens: int, seconds: float,
+                 finish: str) -> dict[str, Any]:
+        engine, prompt, params = flight.engine, flight.prompt, flight.params
+        assert engine is not None and prompt is not None and params is not None
+        first = flight.first_token_at
+        return {
+            "token_count": tokens,
+            "processing_time": round(seconds, 3),
+            "time_to_first_token": None if first is None else round(first, 3),
+            "model_version": engine.info.id,
+            "model_params": {"temperature": params.temperature, "top_p": params.top_p,
+                             "max_tokens": params.max_tokens, "n_ctx": engine.info.n_ctx,
+                             "prompt_tokens": len(prompt.tokens),
+                             "dropped_turns": prompt.dropped_turns,
+                             "cached_tokens": flight.cached_tokens},
+            "prompt_template": engine.info.prompt_template,
+            "finish_reason": finish,
+        }
 
 
 class _TokenBatch:
-    """Collects tokens and commits them as one event per few tokens or milliseconds."""
+    """Collects a reply's tokens and commits them as one event per few tokens or ms."""
 
     def __init__(self, actor: InferenceActor, job: Job) -> None:
         self._actor, self._job = actor, job
@@ -271,30 +446,29 @@ class _TokenBatch:
         self._committed_any = False
         self._last_flush = time.monotonic()
         self.token_count = 0
+        self.open = True  # False once the reply can take no more tokens
 
-    def add(self, token: Token) -> None:
-        self._text.append(token.text)
-        self._pending += 1
-        self.token_count += 1
+    def add(self, text: str, tokens: int) -> bool:
+        self._text.append(text)
+        self._pending += tokens
+        self.token_count += tokens
         tuning = self._actor._tuning
-        due = (
-            not self._committed_any
-            or self._pending >= tuning.flush_count
-            or time.monotonic() - self._last_flush >= tuning.flush_interval
-        )
-        if due and "".join(self._text):
-            self.flush()
+        if not self._committed_any or self._pending >= tuning.flush_count:
+            return self.flush()
+        return self.open
+
+    def due(self) -> bool:
+        return any(self._text) and (
+            time.monotonic() - self._last_flush >= self._actor._tuning.flush_interval)
 
     def flush(self) -> bool:
         """Commit what is pending; False if the reply can take no more tokens."""
         text, count = "".join(self._text), self._pending
-        if not count:
-            return True
-        if not text:  # only an incomplete character so far; it travels with the next token
-            return True
+        if not text or not self.open:  # nothing, or half a character: it waits for the rest
+            return self.open
         rid = self._job.reply_id
-        ok = self._actor._record(self._job, lambda s: s.add_tokens(rid, text, count))
+        self.open = self._actor._record(self._job, lambda s: s.add_tokens(rid, text, count))
         self._text, self._pending = [], 0
         self._committed_any = True
         self._last_flush = time.monotonic()
-        return ok
+        return self.open

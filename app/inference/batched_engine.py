@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +40,16 @@ from app.inference.engine import (
     Token,
     Turn,
 )
+from app.inference.jobs import (
+    Done,
+    Event,
+    EventSink,
+    Failed,
+    GenerationRequest,
+    Job,
+    Started,
+    Text,
+)
 from app.inference.kv_cache import SeqStateCache
 from app.inference.prompting import ChatPrompter
 from app.inference.sampling import GenerationParams, TextStream, make_sampler, token_bytes
@@ -47,76 +57,6 @@ from app.inference.sampling import GenerationParams, TextStream, make_sampler, t
 log = logging.getLogger(__name__)
 
 IDLE_WAIT = 0.05  # seconds between deadline checks while replies wait for a slot
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt: list[int]  # the whole prompt; what the chat's slot already holds is not re-read
-    params: GenerationParams
-    key: str | None = None  # the chat: its KV state is kept between turns under this key
-    timeout: float | None = None  # seconds from submit until the reply must be complete
-    first_token_timeout: float | None = None  # seconds from submit until its first token
-
-
-@dataclass(frozen=True)
-class Started:
-    prompt_tokens: int
-    reused_tokens: int  # prompt tokens found in the KV state, not evaluated again
-    cache: str  # "resident" (in its slot), "restored" (from disk), "miss", "none" (no key)
-
-
-@dataclass(frozen=True)
-class Text:
-    text: str  # may be "" (half a character, or text a stop string may still claim)
-    tokens: int  # generated tokens this accounts for: 1, or 0 for text released at the end
-
-
-@dataclass(frozen=True)
-class Done:
-    reason: str  # "stop", "length", "cancelled", "interrupted" (engine closed)
-
-
-@dataclass(frozen=True)
-class Failed:
-    code: str  # "timeout", "context_too_long", "generation_failed"
-    message: str
-
-
-Event = Started | Text | Done | Failed
-EventSink = Callable[[Event], None]
-
-
-@dataclass
-class JobStats:
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    evaluated_tokens: int = 0  # prompt tokens this job ran through the model
-    generated_tokens: int = 0
-    cache: str = ""
-    wait_seconds: float | None = None  # submit to slot
-    first_token_seconds: float | None = None  # submit to first token
-
-
-class Job:
-    """A submitted request: its handle for cancelling, its counters, its outcome."""
-
-    def __init__(self, job_id: int, request: GenerationRequest, sink: EventSink) -> None:
-        self.id = job_id
-        self.request = request
-        self.key = request.key
-        self.stats = JobStats(prompt_tokens=len(request.prompt))
-        self.outcome: Done | Failed | None = None
-        self.done = threading.Event()
-        self.submitted = time.monotonic()
-        self._sink = sink
-        self._cancelled = False
-        self._engine: BatchedEngine | None = None
-
-    def cancel(self) -> None:
-        """Ask the engine to end this reply; it sends `Done("cancelled")` at its next step."""
-        self._cancelled = True
-        if self._engine is not None:
-            self._engine._wake()
 
 
 @dataclass
@@ -249,8 +189,7 @@ class BatchedEngine:
     def submit(self, request: GenerationRequest, sink: EventSink) -> Job:
         if not request.prompt:
             raise ValueError("a prompt needs at least one token")
-        job = Job(next(self._ids), request, sink)
-        job._engine = self
+        job = Job(next(self._ids), request, sink, self._wake)
         with self._cond:
             if self._closing:
                 raise RuntimeError("the engine is closed")
@@ -359,12 +298,12 @@ class BatchedEngine:
 
     def _expire(self, now: float) -> None:
         for job in list(self._pending):
-            ended = _ended(job, now)
+            ended = job.expired(now)
             if ended is not None:
                 self._pending.remove(job)
                 self._end(job, ended)
         for running in list(self._running):
-            ended = _ended(running.job, now)
+            ended = running.job.expired(now)
             if ended is not None:
                 self._finish(running, ended)
 
@@ -522,11 +461,7 @@ class BatchedEngine:
         job.done.set()
 
     def _emit(self, job: Job, event: Event) -> None:
-        try:
-            job._sink(event)
-        except Exception:  # a broken listener ends its own reply, no other
-            log.exception("event sink of job %s failed; cancelling it", job.id)
-            job._cancelled = True
+        job.emit(event)
 
     # -- KV state on disk -----------------------------------------------------------------
 
@@ -569,20 +504,6 @@ class BatchedEngine:
         llama_cpp.llama_memory_clear(self._memory, True)
         for slot in self._slots:
             slot.key, slot.tokens = None, []
-
-
-def _ended(job: Job, now: float) -> Done | Failed | None:
-    """Whether a job must end now: cancelled, or past one of its deadlines."""
-    if job._cancelled:
-        return Done("cancelled")
-    request, waited = job.request, now - job.submitted
-    if request.timeout is not None and waited > request.timeout:
-        return Failed("timeout", f"The reply took longer than {request.timeout:g} seconds.")
-    if (request.first_token_timeout is not None and job.stats.first_token_seconds is None
-            and waited > request.first_token_timeout):
-        return Failed("timeout", "The reply did not begin within "
-                                 f"{request.first_token_timeout:g} seconds.")
-    return None
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
