@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from app.inference.actor import ModelNotLoaded, QueueFull
+from app.inference.actor import ModelNotLoaded, QueueFull, TooManyQueued
 from app.services import Services
 from app.usecases import fields
-from app.usecases.errors import Conflict, InvalidInput, NotFound, Unavailable
+from app.usecases.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
 from domain import errors as domain_errors
 from projections import messages as messages_read
 from projections import sessions as sessions_read
@@ -178,7 +178,8 @@ async def post_message(services: Services, user_id: str, session_id: str,
     def record(queue_position: int) -> tuple[UUID, UUID, int]:
         return services.chat.post_message(uuid, UUID(user_id), text, queue_position)
 
-    return await _queue_reply(services, uuid, record, session["config"].get("model"))
+    return await _queue_reply(services, uuid, record, session["config"].get("model"),
+                              owner=user_id)
 
 
 async def regenerate(services: Services, user_id: str, session_id: str) -> dict[str, Any]:
@@ -189,7 +190,8 @@ async def regenerate(services: Services, user_id: str, session_id: str) -> dict[
     def record(queue_position: int) -> tuple[UUID, UUID, int]:
         return services.chat.regenerate(uuid, UUID(user_id), queue_position)
 
-    return await _queue_reply(services, uuid, record, session["config"].get("model"))
+    return await _queue_reply(services, uuid, record, session["config"].get("model"),
+                              owner=user_id)
 
 
 async def cancel_reply(services: Services, user_id: str, session_id: str) -> None:
@@ -199,16 +201,16 @@ async def cancel_reply(services: Services, user_id: str, session_id: str) -> Non
 
 
 async def _queue_reply(services: Services, session_id: UUID, record: QueueCommand,
-                       model_id: str | None = None) -> dict[str, Any]:
+                       model_id: str | None = None, owner: str | None = None) -> dict[str, Any]:
     # The session's model answers: the server switches to it when idle (else 503). A model
     # whose file is gone falls back to the loaded one.
     model = services.models.find(model_id) if model_id else None
     async with services.switcher.using(model):
-        return await _queue_reply_now(services, session_id, record)
+        return await _queue_reply_now(services, session_id, record, owner)
 
 
-async def _queue_reply_now(services: Services, session_id: UUID,
-                           record: QueueCommand) -> dict[str, Any]:
+async def _queue_reply_now(services: Services, session_id: UUID, record: QueueCommand,
+                           owner: str | None = None) -> dict[str, Any]:
     # A slot is reserved from the check until the reply is on the queue (no await between
     # check and reservation), so posts racing through the command cannot overfill it.
     if services.actor.queue_depth + services.queue_reserved >= services.settings.max_queue:
@@ -217,19 +219,21 @@ async def _queue_reply_now(services: Services, session_id: UUID,
     services.queue_reserved += 1
     try:
         try:
-            queue_position = services.actor.next_position() + services.queue_reserved - 1
+            queue_position = services.actor.next_position(owner) + services.queue_reserved - 1
         except ModelNotLoaded as error:
             raise Unavailable("model_not_loaded", str(error), MODEL_RETRY_SECONDS) from None
         except QueueFull as error:
             raise Unavailable("queue_full", f"The reply queue is full: {error}",
                               QUEUE_RETRY_SECONDS) from None
+        except TooManyQueued as error:  # this user's share of the queue is used up
+            raise RateLimited(str(error), error.retry_after) from None
         try:
             message_id, reply_id, position = await services.command(record, queue_position)
         except domain_errors.NotFound:
             raise NotFound("session") from None
         except domain_errors.NothingToRegenerate as error:
             raise Conflict("nothing_to_regenerate", str(error)) from None
-        services.actor.enqueue(session_id, reply_id, position)
+        services.actor.enqueue(session_id, reply_id, position, owner)
     finally:
         services.queue_reserved -= 1
     await services.settle(position)

@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from app.inference.actor import ModelNotLoaded, QueueFull
+from app.inference.actor import ModelNotLoaded, QueueFull, TooManyQueued
 from app.inference.registry import ModelFile
 from app.services import Services
 from app.streaming import follow_session
 from app.usecases import chats, fields
-from app.usecases.errors import InvalidInput, NotFound, Unavailable
+from app.usecases.errors import InvalidInput, NotFound, RateLimited, Unavailable
 from domain.sessions import auto_title
 
 API_ORIGIN = "api"
@@ -225,12 +225,14 @@ async def start(services: Services, user_id: str, request: Request,
 
 async def _start(services: Services, user_id: str, request: Request) -> Queued:
     try:
-        queue_position = services.actor.next_position()
+        queue_position = services.actor.next_position(user_id)
     except ModelNotLoaded as error:
         raise Unavailable("model_not_loaded", str(error), chats.MODEL_RETRY_SECONDS) from None
     except QueueFull as error:
         raise Unavailable("queue_full", f"The reply queue is full: {error}",
                           chats.QUEUE_RETRY_SECONDS) from None
+    except TooManyQueued as error:  # this user's share of the queue is used up
+        raise RateLimited(str(error), error.retry_after) from None
     model = loaded_model_id(services) or services.model_id
     config = session_config(services, request, model)
     owner = UUID(user_id)
@@ -244,7 +246,7 @@ async def _start(services: Services, user_id: str, request: Request) -> Queued:
         session_id, _ = await services.command(services.chat.start_session, owner, "", config)
     _message_id, reply_id, position = await services.command(
         services.chat.post_message, session_id, owner, request.prompt, queue_position)
-    services.actor.enqueue(session_id, reply_id, position)
+    services.actor.enqueue(session_id, reply_id, position, user_id)
     await services.settle(position)  # the session is readable (and cancellable) by id
     return Queued(session_id=session_id, reply_id=reply_id, after=position - 1, model=model,
                   created=int(time.time()))
