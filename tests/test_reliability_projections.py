@@ -40,7 +40,7 @@ def test_failing_projections_answer_fast_and_the_cli_repairs(
         fresh_server: ServerProcess) -> None:
     fresh_server.start()
     api = Api(fresh_server.url).register("broken_owner", password="여덟 글자 이상 비밀번호")
-    kept = api.new_session(title="남을 대화")
+    api.new_session(title="남을 대화")
     with sqlite3.connect(fresh_server.data_dir / "readmodels.sqlite") as db:
         db.execute("DROP TABLE sessions")  # damage from outside: every update now fails
 

@@ -26,7 +26,7 @@ def capped(tmp_path: Path) -> Iterator[ServerProcess]:
 
 def follow(api: Api, session_id: str, opened: list[int]) -> list[str]:
     """Read a stream to its end; returns the event names seen."""
-    names = []
+    names: list[str] = []
     with api.http.stream("GET", f"/api/sessions/{session_id}/stream/",
                          params={"last_event_id": 0}) as response:
         opened.append(response.status_code)

@@ -41,7 +41,7 @@ def test_a_non_ascii_csrf_header_is_refused_not_a_crash(server: ServerProcess,
                                                         user: Api) -> None:
     cookie = {"session": user.token or ""}
     response = httpx.post(server.url + "/api/sessions/", json={"title": "제목"},
-                          cookies=cookie, headers={"X-CSRF-Token": "토큰값".encode()})
+                          cookies=cookie, headers={b"X-CSRF-Token": "토큰값".encode()})
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "csrf_failed"
 

@@ -4,6 +4,7 @@ the same after a restart."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,13 +17,13 @@ LIMIT = 3
 
 
 @pytest.fixture
-def proxied(tmp_path: Path) -> ServerProcess:
+def proxied(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server behind a (simulated) trusted proxy on 127.0.0.1: X-Forwarded-For picks the
     client address. uvicorn's own proxy rewriting is off, as in the Procfile."""
     process = ServerProcess(tmp_path / "data", LOGIN_MAX_FAILURES=str(LIMIT),
                             REGISTER_MAX_PER_ADDRESS="2", TRUSTED_PROXIES="127.0.0.1",
                             FORWARDED_ALLOW_IPS="")
-    yield process.start()  # type: ignore[misc]
+    yield process.start()
     process.stop()
 
 
