@@ -306,6 +306,13 @@ def test_pages_render_for_admins(admin: Api, author: Api,
     assert author.user["username"] in admin.get("/admin/users").text
     sessions = admin.get(f"/admin/sessions?user={author.user['id']}").text
     assert "등대 이야기" in sessions
+    # A timeline link from the event browser opens the chat at that event.
+    events = timeline(admin, session_id)["events"]
+    queued = positions_of(events, "ReplyQueued")[0]
+    at_queued = admin.get(f"/admin/sessions/{session_id}", params={"at": queued}).text
+    step = [e["position"] for e in events].index(queued)
+    assert f'data-step="{step}"' in at_queued and f'data-position="{queued}"' in at_queued
+    assert 'data-status="queued"' in at_queued and KOREAN_PROMPT in at_queued
 
 
 def test_pages_speak_korean_and_english(admin: Api) -> None:
