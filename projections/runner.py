@@ -25,7 +25,6 @@ from projections.batch import BatchProjection
 from projections.event_index import EventIndexProjection
 from projections.hashchain import HashChainProjection
 from projections.messages import MessagesProjection
-from projections.search import SearchProjection
 from projections.sessions import SessionsProjection
 from projections.users import UsersProjection
 
@@ -44,7 +43,7 @@ FAILING_AFTER = 2
 
 def all_projections() -> list[Projection]:
     return [UsersProjection(), SessionsProjection(), MessagesProjection(),
-            HashChainProjection(), EventIndexProjection(), SearchProjection()]
+            HashChainProjection(), EventIndexProjection()]
 
 
 def set_aside_if_corrupt(path: Path) -> bool:
@@ -315,8 +314,9 @@ class ProjectionRunner:
         self._rebuild = None
         fresh.discard()
         self.rebuild_progress = {}
-        log.info("projections %s rebuilt beside the live file and swapped in at position %d",
-                 ", ".join(fresh.names), min(self._positions_locked().values()))
+        log.info("projections %s rebuilt from the log up to position %d (beside the live"
+                 " file, then swapped in)", ", ".join(fresh.names),
+                 min(self._positions_locked().values()))
 
     def _next_batch(self) -> tuple[dict[str, int], Sequence[Notification]]:
         positions = self._positions_locked()
