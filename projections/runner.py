@@ -25,6 +25,7 @@ from projections.batch import BatchProjection
 from projections.event_index import EventIndexProjection
 from projections.hashchain import HashChainProjection
 from projections.messages import MessagesProjection
+from projections.search import SearchProjection
 from projections.sessions import SessionsProjection
 from projections.users import UsersProjection
 
@@ -43,7 +44,7 @@ FAILING_AFTER = 2
 
 def all_projections() -> list[Projection]:
     return [UsersProjection(), SessionsProjection(), MessagesProjection(),
-            HashChainProjection(), EventIndexProjection()]
+            HashChainProjection(), EventIndexProjection(), SearchProjection()]
 
 
 def set_aside_if_corrupt(path: Path) -> bool:
