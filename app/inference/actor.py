@@ -74,6 +74,13 @@ class TooManyQueued(Exception):
 ConversationSource = Callable[[UUID, UUID, int], Conversation]
 
 
+# Recording a reply's failure when the store refuses it (a full disk): retried at 0.5 s,
+# doubling to 30 s, about 10 minutes in all.
+FAIL_RECORD_FIRST_SECONDS = 0.5
+FAIL_RECORD_MAX_SECONDS = 30.0
+FAIL_RECORD_ATTEMPTS = 25
+
+
 @dataclass
 class Job:
     session_id: UUID
@@ -296,12 +303,24 @@ class InferenceActor:
             return False
 
     def _fail_after_crash(self, job: Job, error: Exception) -> None:
-        """Never leave a reply open: end it as failed (its text so far stays in the log)."""
-        reason = f"The server failed while writing this reply: {error}"
-        try:
-            self._record(job, lambda s: s.fail_reply(job.reply_id, "internal_error", reason))
-        except Exception:
-            log.exception("could not record the failure of reply %s", job.reply_id)
+        """Never leave a reply open: end it as failed (its text so far stays in the log).
+
+        The error's text goes to the server log, not to the user. If the store refuses the
+        record too (a full disk), keep trying with back-off until it has room again."""
+        log.error("reply %s failed: %r", job.reply_id, error)
+        reason = "The server failed while writing this reply."
+        pause = FAIL_RECORD_FIRST_SECONDS
+        for _attempt in range(FAIL_RECORD_ATTEMPTS):
+            try:
+                self._record(job, lambda s: s.fail_reply(job.reply_id, "internal_error",
+                                                         reason))
+                return
+            except Exception:
+                log.exception("could not record the failure of reply %s", job.reply_id)
+            if self._stopping:  # the restart marks it interrupted
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, FAIL_RECORD_MAX_SECONDS)
 
     def _begin(self, flight: _Flight) -> None:
         """Read the reply's conversation, fit the prompt, record the start, submit it."""
