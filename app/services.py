@@ -18,6 +18,7 @@ import anyio
 from app.config import Settings
 from app.conversations import ConversationReader
 from app.event_log import EventLog
+from app.event_store import event_store_env
 from app.inference.actor import InferenceActor, Tuning
 from app.inference.batched_engine import BatchedEngine
 from app.inference.engine import Engine
@@ -46,15 +47,6 @@ T = TypeVar("T")
 
 SETTLE_TIMEOUT = 10.0
 SETTLE_SLICE = 0.25  # how often a waiting writer checks whether the projections fail
-
-
-def event_store_env(settings: Settings) -> dict[str, str]:
-    return {
-        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-        "SQLITE_DBNAME": str(settings.event_store_path),
-        "SQLITE_LOCK_TIMEOUT": "10",
-        "AGGREGATE_CACHE_MAXSIZE": "1000",
-    }
 
 
 @dataclass

@@ -32,8 +32,8 @@ from app.audit.log import connect_readonly
 from app.audit.store import mapper
 from app.cli import main
 from app.config import Settings
+from app.event_store import event_store_env
 from app.security import token_hash
-from app.services import event_store_env
 from domain.application import ChatApplication
 from projections import users as users_read
 from projections.base import iso

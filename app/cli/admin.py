@@ -59,7 +59,7 @@ def create_admin_command(ctx: Context, args: argparse.Namespace) -> int:
         return USAGE
     fields.password({"password": password})
     ctx.settings.data_dir.mkdir(parents=True, exist_ok=True)
-    from app.services import event_store_env
+    from app.event_store import event_store_env
     from domain.application import ChatApplication
 
     chat = ChatApplication(env=event_store_env(ctx.settings))  # the first run creates it
