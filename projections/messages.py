@@ -368,17 +368,13 @@ async def daily_usage(db: aiosqlite.Connection, owner_id: str,
         return {row[0]: (int(row[1]), int(row[2])) for row in await cursor.fetchall()}
 
 
-async def queue_positions(db: aiosqlite.Connection, session_id: str) -> dict[str, int]:
-    """{reply_id: place in the reply queue (1 = next)} of the session's queued replies, as
-    the actor counts it: the replies queued before it, plus one if a reply is running."""
+async def queued_replies(db: aiosqlite.Connection, session_id: str) -> list[str]:
+    """The ids of the session's replies still waiting in the queue."""
     async with db.execute(
-        "SELECT m.id, (SELECT COUNT(*) FROM messages q WHERE q.status = 'queued'"
-        "   AND q.position < m.position)"
-        " + EXISTS (SELECT 1 FROM messages r WHERE r.status = 'streaming') + 1"
-        " FROM messages m WHERE m.session_id = ? AND m.status = 'queued'",
+        "SELECT id FROM messages WHERE session_id = ? AND status = 'queued' ORDER BY position",
         (session_id,),
     ) as cursor:
-        return {row[0]: int(row[1]) for row in await cursor.fetchall()}
+        return [row[0] for row in await cursor.fetchall()]
 
 
 # -- branches: a user message edited is a new version; the current branch is the path of

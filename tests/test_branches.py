@@ -8,7 +8,7 @@ from typing import Any
 from playwright.sync_api import BrowserContext, expect
 
 from tests.server import ROOT, Api, ServerProcess
-from tests.test_browser import signed_in_page
+from tests.test_browser import send_in_chat, signed_in_page
 from tests.test_pages import browser_client
 from tests.test_profile_browser import browser, context  # noqa: F401  (fixtures)
 
@@ -152,3 +152,18 @@ def test_edit_and_view_versions_in_the_browser(context: BrowserContext,  # noqa:
     page.get_by_label("Next version").click()
     page.wait_for_url(f"**/chats/{sid}*")
     expect(page.locator("article.message--user .message__body")).to_have_text(["고쳐 쓴 질문"])
+
+
+def test_a_message_sent_from_the_page_can_be_edited_without_reloading(
+    context: BrowserContext, server: ServerProcess, user: Api  # noqa: F811
+) -> None:
+    session = user.new_session(max_tokens=8)
+    page = send_in_chat(context, server, user, session["id"], "방금 보낸 질문")
+    expect(page.locator("article.message--assistant").last).to_have_attribute(
+        "data-status", "complete", timeout=60_000)
+    tools = page.locator(".message-tools").last
+    tools.locator("summary").click()
+    tools.locator("textarea").fill("다시 쓴 질문")
+    tools.get_by_role("button", name="Save and send").click()
+    expect(page.locator("article.message--user .message__body")).to_have_text(["다시 쓴 질문"])
+    expect(page.locator(".versions__count")).to_have_text("2 / 2")

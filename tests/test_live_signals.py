@@ -11,6 +11,7 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, expect
 
+from app.config import Settings
 from tests.server import Api, ServerProcess
 from tests.test_browser import LONG_PROMPT, send_in_chat, signed_in_page
 from tests.test_profile_browser import browser, context  # noqa: F401  (fixtures)
@@ -51,29 +52,27 @@ def wait_status(api: Api, session_id: str, reply_id: str, statuses: set[str]) ->
 
 @pytest.fixture
 def busy_queue(user: Api) -> Iterator[list[tuple[dict[str, Any], dict[str, Any]]]]:
-    """Three chats: the first reply writing, two more waiting behind it."""
+    """Every decoding slot of the engine busy with a long reply, and two more chats whose
+    replies wait behind them (the last one is third in line at most)."""
     made = []
-    for title in ("첫째", "둘째", "셋째"):
-        session = user.new_session(title=title, max_tokens=1500, temperature=0.9)
+    for n in range(Settings().n_parallel + 2):
+        session = user.new_session(title=f"{n + 1}번째 대화", max_tokens=1500, temperature=0.9)
         made.append((session, user.post_message(session["id"], LONG_PROMPT)))
-        if len(made) == 1:
-            wait_status(user, session["id"], made[0][1]["reply"]["id"], {"streaming"})
+    wait_status(user, made[0][0]["id"], made[0][1]["reply"]["id"], {"streaming"})
     yield made
     for session, _posted in made:
         user.post(f"/api/sessions/{session['id']}/cancel/")
 
 
 def test_queue_place_moves_when_replies_ahead_end(user: Api, busy_queue: Any) -> None:
-    (first, _), (second, _), (third, posted) = busy_queue
+    (first, _), *_middle, (last, posted) = busy_queue
     reply_id = posted["reply"]["id"]
-    assert posted["reply"]["queue_position"] >= 3
-    user.post(f"/api/sessions/{first['id']}/cancel/")
     place = posted["reply"]["queue_position"]
-    seen = signals_until(user, third["id"], posted["last_event_id"] + 1,
+    assert place > Settings().n_parallel, "the last reply waits"
+    user.post(f"/api/sessions/{first['id']}/cancel/")  # a slot frees; the queue moves up
+    seen = signals_until(user, last["id"], posted["last_event_id"] + 1,
                          f"position {place - 1}")
     assert any(f'#msg-{reply_id} .badge--queued' in s for s in seen)
-    user.post(f"/api/sessions/{second['id']}/cancel/")
-    wait_status(user, third["id"], reply_id, {"streaming", "complete"})
 
 
 def test_a_finished_reply_elsewhere_is_signalled_to_its_owner_only(
@@ -110,21 +109,19 @@ def test_signals_refuse_bad_input(server: ServerProcess, user: Api, anon: Api) -
 def test_browser_queue_badge_moves_and_notice_opens_the_chat(
     context: BrowserContext, server: ServerProcess, user: Api, busy_queue: Any  # noqa: F811
 ) -> None:
-    (first, _), (second, _), (third, posted) = busy_queue
+    (first, _), *_middle, (last, posted) = busy_queue
     page = signed_in_page(context, server, user)
-    page.goto(f"{server.url}/chats/{third['id']}")
+    page.goto(f"{server.url}/chats/{last['id']}")
     badge = page.locator(f"#msg-{posted['reply']['id']} .badge--queued")
     place = int(badge.inner_text().rsplit(" ", 1)[1])
-    assert place >= 3
+    assert place > Settings().n_parallel
     user.post(f"/api/sessions/{first['id']}/cancel/")
-    expect(badge).to_contain_text(f"position {place - 1}")
+    expect(badge).to_contain_text(f"position {place - 1}", timeout=30_000)
 
     quick = user.new_session(max_tokens=8, title="빠른 답")
-    user.post(f"/api/sessions/{second['id']}/cancel/")
-    user.post(f"/api/sessions/{third['id']}/cancel/")
-    user.post_message(quick["id"], "안녕하세요")
-    # The sidebar lists the chats as the page was drawn; the quick one came later, so
-    # only the toast names it. Reload so its sidebar item exists, then finish another.
+    for session, _posted in busy_queue:
+        user.post(f"/api/sessions/{session['id']}/cancel/")
+    # Reload so the quick chat has its sidebar item, then finish a reply there.
     page.reload()
     user.post_message(quick["id"], "한 번 더")
     notice = page.locator(f"#toasts a[href='/chats/{quick['id']}']")

@@ -154,6 +154,15 @@ class InferenceActor:
     def generating(self) -> bool:
         return bool(self._flights)
 
+    def place_of(self, reply_id: UUID) -> int | None:
+        """A waiting reply's place as next_position counts it (1 + the replies being
+        written + those to start before it); None once it started or left the queue."""
+        with self._lock:
+            for ahead, job in enumerate(self._waiting.in_turn_order()):
+                if job.reply_id == reply_id:
+                    return len(self._flights) + ahead + 1
+        return None
+
     def next_position(self, owner: str | None = None) -> int:
         """The place a reply queued now would get: 1 + the replies before it, those being
         written included. With `owner`, refuses a user over their share of the queue."""

@@ -67,6 +67,15 @@ class FairQueue(Generic[T]):
                 self._round.remove(user)
         return removed
 
+    def in_turn_order(self) -> list[T]:
+        """Every waiting item in the order `pop` serves them when all may start: each
+        user's oldest in round order, then each user's second, and so on."""
+        lines = [self._lines[user] for user in self._round]
+        order: list[T] = []
+        for depth in range(max((len(line) for line in lines), default=0)):
+            order += [line[depth] for line in lines if depth < len(line)]
+        return order
+
     def ahead_of_new(self, user: str) -> int:
         """How many waiting items would start before one `user` adds now: their own, and
         from each other user one per round until the new item's turn (users ahead of

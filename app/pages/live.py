@@ -48,7 +48,10 @@ class LivePage:
         session_id = str(e.originator_id)
         if kind == "UserMessagePosted":
             message = {"id": str(e.message_id), "role": "user", "content": e.content}
-            return _append_to_conversation(message, session_id)
+            # With the edit tools under it, as the page draws them (app/pages/branches.py).
+            tools = fragment("branches/_tools.html", m=message, session={"id": session_id})
+            return (f'<div hx-swap-oob="beforeend:#messages">'
+                    f"{_article(message, session_id)}{tools}</div>")
         if kind == "ReplyQueued":
             reply = _reply(e.reply_id, "queued", queue_position=e.queue_position,
                            timestamp=iso(e.timestamp))

@@ -6,7 +6,8 @@ page into htmx out-of-band fragments (event name `signal`, id = the log position
 reconnect resumes exactly):
 
 - a reply started or ended anywhere: the queue moved, so each queued reply of the open chat
-  gets its new place (nothing new is recorded: the place is counted from the read model);
+  gets its new place (nothing new is recorded: the actor, which owns the queue, says the
+  place; the read model says which of the chat's replies are waiting);
 - a reply finished in another chat of the same user: a toast linking to it, and a mark on
   its sidebar item (the mark lasts until the sidebar is drawn again).
 """
@@ -60,9 +61,11 @@ class Follower:
         html = ""
         if kind in QUEUE_MOVES:
             await self.services.settle(position)
-            places = await messages_read.queue_positions(self.services.read_db,
-                                                         self.session_id)
-            html += "".join(queue_place(reply_id, place) for reply_id, place in places.items())
+            for reply_id in await messages_read.queued_replies(self.services.read_db,
+                                                               self.session_id):
+                place = self.services.actor.place_of(UUID(reply_id))
+                if place is not None:
+                    html += queue_place(reply_id, place)
         if kind in FINISHED and session_id != self.session_id:
             title = await self._own_title(session_id)
             if title is not None:
