@@ -238,7 +238,7 @@ class BatchedEngine:
         self._incoming.clear()
         for slot in self._slots:
             if slot.key is not None and slot.tokens:
-                self._save(slot)
+                self._save(slot, evicted=False)
         llama_cpp.llama_batch_free(self._batch)
         self._ctx.close()
         self._model.close()
@@ -465,7 +465,7 @@ class BatchedEngine:
 
     # -- KV state on disk -----------------------------------------------------------------
 
-    def _save(self, slot: _Slot) -> None:
+    def _save(self, slot: _Slot, evicted: bool = True) -> None:
         """Move an idle chat's state to the disk cache (its KV cells stay until reused)."""
         key, tokens = slot.key, list(slot.tokens)
         slot.key = None
@@ -474,7 +474,8 @@ class BatchedEngine:
         size = llama_cpp.llama_state_seq_get_size(self._ctx.ctx, slot.seq)
         buffer = (ctypes.c_uint8 * size)()
         written = llama_cpp.llama_state_seq_get_data(self._ctx.ctx, buffer, size, slot.seq)
-        if written and self._cache.put(key, tokens, bytes(memoryview(buffer)[:written])):
+        if written and self._cache.put(key, tokens, bytes(memoryview(buffer)[:written])) \
+                and evicted:
             self.stats.kv_evictions += 1
             self.stats.kv_evicted_bytes += written
 
