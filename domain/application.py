@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
@@ -110,8 +111,10 @@ class ChatApplication(Application[UUID]):
             raise NotFound("no such user")
         return user
 
-    def log_in(self, user_id: UUID, token_hash: str, address: str) -> int:
-        return self._change_user(user_id, lambda user: user.log_in(token_hash, address))
+    def log_in(self, user_id: UUID, token_hash: str, address: str,
+               ttl: timedelta | None = None) -> int:
+        """With `ttl`, the user's tokens older than it are expired first."""
+        return self._change_user(user_id, lambda user: user.log_in(token_hash, address, ttl))
 
     def record_failed_login(self, user_id: UUID, address: str) -> int:
         return self._change_user(user_id, lambda user: user.record_failed_login(address))

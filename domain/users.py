@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -23,11 +24,40 @@ class User(Aggregate):
         self.is_admin = is_admin
         self.display_name = ""
         self.active_tokens: set[str] = set()
+        # When each active token was issued (its LoggedIn event's time), for expiry.
+        self.token_issued: dict[str, datetime] = {}
         self.disabled = False
 
-    @event("LoggedIn")
-    def log_in(self, token_hash: str, address: str) -> None:
-        self.active_tokens.add(token_hash)
+    class LoggedIn(Aggregate.Event):
+        """A sign-in. An explicit event class (same topic as before) because its time is
+        the token's issue time, which the decorated form cannot see."""
+
+        token_hash: str
+        address: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, User)
+            aggregate.active_tokens.add(self.token_hash)
+            aggregate.token_issued = {t: at for t, at in aggregate.token_issued.items()
+                                      if t in aggregate.active_tokens}
+            aggregate.token_issued[self.token_hash] = self.timestamp
+
+    def log_in(self, token_hash: str, address: str, ttl: timedelta | None = None) -> None:
+        """Sign in. With `ttl` (TOKEN_TTL_DAYS), the tokens older than that are dropped
+        first, so the set of active tokens holds only live sign-ins, not every one ever."""
+        if ttl is not None:
+            now = datetime.now(UTC)
+            expired = sorted(t for t in self.active_tokens
+                             if t in self.token_issued and self.token_issued[t] + ttl <= now)
+            if expired:
+                self._expire_tokens(token_hashes=expired)
+        self.trigger_event(self.LoggedIn, token_hash=token_hash, address=address)
+
+    @event("TokensExpired")
+    def _expire_tokens(self, token_hashes: list[str]) -> None:
+        for token in token_hashes:
+            self.active_tokens.discard(token)
+            self.token_issued.pop(token, None)
 
     @event("LoginFailed")
     def record_failed_login(self, address: str) -> None:

@@ -26,6 +26,10 @@ SIGN_IN_USERNAME_CHARS = 256
 THROTTLE_RESTORE_BATCH = 1000
 
 
+def token_ttl(services: Services) -> timedelta:
+    return timedelta(days=services.settings.token_ttl_days)
+
+
 @dataclass(frozen=True)
 class SignedIn:
     user: dict[str, Any]
@@ -66,7 +70,8 @@ async def register(services: Services, values: Mapping[str, Any], address: str) 
     except UsernameTaken:
         raise Conflict("username_taken", "username: that username is already taken.",
                        field="username") from None
-    position = await services.command(chat.log_in, user.id, token_hash(token), address)
+    position = await services.command(chat.log_in, user.id, token_hash(token), address,
+                                      token_ttl(services))
     services.login_limiter.remember_address(username_key(username), address)
     await services.settle(position)
     return SignedIn(await _read_user(services, user.id), token)
@@ -99,7 +104,8 @@ async def sign_in(services: Services, username: str, password: str, address: str
         raise Forbidden("This account is disabled; ask an administrator.",
                         code="account_disabled")
     token = new_token()
-    position = await services.command(services.chat.log_in, user.id, token_hash(token), address)
+    position = await services.command(services.chat.log_in, user.id, token_hash(token),
+                                      address, token_ttl(services))
     await services.settle(position)
     return SignedIn(await _read_user(services, user.id), token)
 
