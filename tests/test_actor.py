@@ -143,6 +143,39 @@ def test_old_turns_are_dropped_to_fit(
     assert reply_of(runner, session_id, reply_id)["status"] == "complete"
 
 
+def test_a_dropped_turn_recalled_by_the_index_is_in_the_prompt_and_the_metadata(
+    chat: ChatApplication, runner: ProjectionRunner, engine: LlamaEngine
+) -> None:
+    """The vector index is replaced by a fixed answer (what it would find is tested in
+    tests/test_search.py); the actor, the reader and the real model are real."""
+    owner = uuid4()
+    session_id, _ = chat.start_session(owner, "t", {**CONFIG, "max_tokens": 16})
+    first, _, _ = chat.post_message(session_id, owner, "내 고양이 이름은 나비야. " * 60, 1)
+    for n in range(3):
+        _, reply_id, _ = chat.post_message(session_id, owner, f"turn {n}: " + "long " * 300, 1)
+        chat.change_reply(session_id, lambda s, r=reply_id: s.cancel_reply(r))
+    _, reply_id, position = chat.post_message(session_id, owner, "내 고양이 이름이 뭐였지?", 1)
+    actor = make_actor(chat, runner, engine)
+    reader: Any = actor._conversations
+    asked: list[list[str]] = []
+
+    def recall(_session: UUID, _reply: UUID, query: str) -> Any:
+        assert query == "내 고양이 이름이 뭐였지?"
+
+        def found(kept: Any) -> list[tuple[str, str, str]]:
+            asked.append(list(kept))
+            return [(str(first), "user", "내 고양이 이름은 나비야.")]
+        return found
+
+    reader.recall = recall
+    asyncio.run(run_until_idle(actor, [(session_id, reply_id, position)]))
+    completed = next(e for e in events_of(chat, session_id)
+                     if type(e).__name__ == "ReplyCompleted" and e.reply_id == reply_id)
+    assert completed.model_params["recalled_message_ids"] == [str(first)]
+    assert completed.model_params["dropped_turns"] >= 1
+    assert asked and str(first) not in asked[0]  # the dropped turn was not in the prompt
+
+
 def test_timeout_fails_and_keeps_the_text(
     chat: ChatApplication, runner: ProjectionRunner, engine: LlamaEngine
 ) -> None:

@@ -32,7 +32,7 @@ def long_history(turns: int) -> tuple[list[Turn], list[str]]:
 def test_short_conversations_recall_nothing(engine: LlamaEngine) -> None:
     asked: list[Sequence[str]] = []
     result = prepare_with_memory(engine.prepare, "Be brief.", [Turn("user", "안녕")], ["m1"],
-                                 64, lambda kept: asked.append(kept) or [])
+                                 64, lambda kept: asked.append(kept) or [], reserve_tokens=128)
     assert result.recalled_ids == [] and asked == []  # nothing was dropped, nothing asked
     assert result.prompt.dropped_turns == 0
 
@@ -45,15 +45,18 @@ def test_dropped_turns_come_back_when_relevant_and_within_budget(engine: LlamaEn
 
     def recall(kept: Sequence[str]) -> list[tuple[str, str, str]]:
         kept_seen.append(list(kept))
-        return [("u0", "user", "등대지기의 이름은 김민준입니다."), ("a0", "assistant", "알겠습니다.")]
+        return [("u0", "user", "등대지기의 이름은 김민준입니다."),
+                ("a0", "assistant", "알겠습니다.")]
 
-    result = prepare_with_memory(engine.prepare, "Be brief.", history, ids, 64, recall)
-    assert kept_seen == [ids[plain.dropped_turns:]]
+    result = prepare_with_memory(engine.prepare, "Be brief.", history, ids, 64, recall,
+                                 reserve_tokens=128)
+    newest = engine.prepare("Be brief.", history, 64 + 128)
+    assert kept_seen == [ids[newest.dropped_turns:]]
     assert result.recalled_ids == ["u0", "a0"]
     text = engine._llm.detokenize(result.prompt.tokens).decode()
     assert HEADER in text and "김민준" in text
-    # The newest turns the plain prompt kept are all still there, with the full budget.
-    assert result.prompt.dropped_turns <= plain.dropped_turns
+    # The newest turns that fit beside the reserve are all there, with the full budget.
+    assert result.prompt.dropped_turns <= newest.dropped_turns
     assert result.prompt.max_tokens == plain.max_tokens == 64
 
 
@@ -62,6 +65,6 @@ def test_recalled_turns_that_do_not_fit_are_left_out(engine: LlamaEngine) -> Non
     huge = "아주 긴 기억 " * 400  # cut to the per-message bound, still too big for 512 tokens
 
     result = prepare_with_memory(engine.prepare, "Be brief.", history, ids, 64,
-                                 lambda kept: [("u0", "user", huge)])
+                                 lambda kept: [("u0", "user", huge)], reserve_tokens=128)
     assert result.recalled_ids == []
     assert result.prompt == engine.prepare("Be brief.", history, 64)

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from uuid import UUID
 
 import anyio
@@ -41,6 +41,7 @@ from app.inference.jobs import (
     Text,
 )
 from app.inference.jobs import Job as EngineJob
+from app.inference.memory import RESERVE_SHARE, Recall, prepare_with_memory
 from app.inference.sampling import GenerationParams
 from app.inference.serial_engine import SerialEngine
 from domain.application import ChatApplication
@@ -71,7 +72,10 @@ class TooManyQueued(Exception):
 
 
 # Reads what a reply answers: (session_id, reply_id, position of its queueing).
-ConversationSource = Callable[[UUID, UUID, int], Conversation]
+class ConversationSource(Protocol):
+    def __call__(self, session_id: UUID, reply_id: UUID, position: int) -> Conversation: ...
+
+    def recall(self, session_id: UUID, reply_id: UUID, query: str) -> Recall: ...
 
 
 # Recording a reply's failure when the store refuses it (a full disk): retried at 0.5 s,
@@ -120,6 +124,7 @@ class _Flight:
     started: float = 0.0
     first_token_at: float | None = None
     cached_tokens: int = 0
+    recalled: list[str] = field(default_factory=list)  # earlier messages put back (memory)
 
 
 class InferenceActor:
@@ -347,13 +352,20 @@ class InferenceActor:
         conversation = self._conversations(job.session_id, rid, job.position)
         config = conversation.config
         history = [Turn(role, content) for _id, role, content in conversation.turns]
+        question = history[-1].content if history else ""
         try:
-            prompt = engine.prepare(config["system_prompt"], history, config["max_tokens"])
+            fitted = prepare_with_memory(
+                engine.prepare, config["system_prompt"], history,
+                [message_id for message_id, _role, _content in conversation.turns],
+                config["max_tokens"],
+                self._conversations.recall(job.session_id, rid, question),
+                reserve_tokens=engine.info.n_ctx // RESERVE_SHARE, history_cut=conversation.cut)
         except ContextTooLong as error:
             reason = str(error)
             self._record(job, lambda s: s.fail_reply(rid, "context_too_long", reason))
             self._land(flight)
             return
+        prompt, flight.recalled = fitted.prompt, fitted.recalled_ids
         if not self._record(job, lambda s: s.start_reply(rid, len(prompt.tokens),
                                                          prompt.dropped_turns)):
             self._land(flight)
@@ -458,7 +470,8 @@ class InferenceActor:
                              "max_tokens": params.max_tokens, "n_ctx": engine.info.n_ctx,
                              "prompt_tokens": len(prompt.tokens),
                              "dropped_turns": prompt.dropped_turns,
-                             "cached_tokens": flight.cached_tokens},
+                             "cached_tokens": flight.cached_tokens,
+                             "recalled_message_ids": flight.recalled},
             "prompt_template": engine.info.prompt_template,
             "finish_reason": finish,
         }

@@ -14,6 +14,7 @@ from app.inference.engine import ContextTooLong, PreparedPrompt, Turn
 
 RECALL_LIMIT = 4
 RECALLED_CHARS = 1500  # per recalled message: a long one is cut, not skipped
+RESERVE_SHARE = 4  # recalled turns may take up to 1/4 of the context from the oldest kept
 HEADER = "Earlier in this conversation (recalled because it relates to the new message):"
 
 Prepare = Callable[[str, list[Turn], int], PreparedPrompt]
@@ -37,17 +38,22 @@ def memory_block(recalled: Sequence[tuple[str, str, str]]) -> str:
 
 def prepare_with_memory(
     prepare: Prepare, system_prompt: str, history: list[Turn], history_ids: Sequence[str],
-    max_tokens: int, recall: Recall | None, history_cut: bool = False,
+    max_tokens: int, recall: Recall | None, reserve_tokens: int, history_cut: bool = False,
 ) -> RememberingPrompt:
     """The prompt for a reply, with recalled turns when older ones had to go.
 
     `history_ids` are the ids of `history`'s turns; `history_cut` says that turns older
-    than `history` exist (the reader stopped early). Recalled turns are added only while
-    they keep every newest turn the plain prompt kept and the full reply budget."""
+    than `history` exist (the reader stopped early). When turns must go anyway, the newest
+    turns are fitted as if the reply needed `reserve_tokens` more, and recalled turns may
+    use that room, never the reply's own budget."""
     plain = prepare(system_prompt, history, max_tokens)
     if recall is None or not (plain.dropped_turns or history_cut):
         return RememberingPrompt(plain, [])
-    kept = list(history_ids[plain.dropped_turns:])
+    try:
+        newest = prepare(system_prompt, history, max_tokens + reserve_tokens)
+    except ContextTooLong:  # the new message alone fills the room: nothing to add
+        return RememberingPrompt(plain, [])
+    kept = list(history_ids[newest.dropped_turns:])
     candidates = recall(kept)[:RECALL_LIMIT]
     for count in range(len(candidates), 0, -1):
         chosen = candidates[:count]
@@ -56,7 +62,7 @@ def prepare_with_memory(
             prompt = prepare(system, history, max_tokens)
         except ContextTooLong:
             continue
-        if (prompt.dropped_turns <= plain.dropped_turns
+        if (prompt.dropped_turns <= newest.dropped_turns
                 and prompt.max_tokens >= plain.max_tokens):
             return RememberingPrompt(prompt, [message_id for message_id, _, _ in chosen])
     return RememberingPrompt(plain, [])
