@@ -27,7 +27,7 @@ TRIGRAM = 3
 class SearchProjection(Projection):
     name = "search"
     tables = ("search_sessions", "search_messages", "search_text")
-    version = 2  # 2: edited messages
+    version = 3  # 2: edited messages; 3: sessions of the LLM API are not indexed
     # The FTS rowid of a message is the log position of the event that indexed it: unique,
     # and the same in every rebuild.
     schema = """
@@ -50,6 +50,8 @@ class SearchProjection(Projection):
     """
 
     def on_ChatSession_Started(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+        if e.config.get("origin") == "api":  # a /v1 or generate call, not a chat of the user's
+            return
         db.execute("INSERT INTO search_sessions (id, owner_id, title) VALUES (?, ?, ?)",
                    (str(e.originator_id), str(e.owner_id), e.title or "New chat"))
 

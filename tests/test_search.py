@@ -411,3 +411,20 @@ def test_relevant_messages_put_back_the_older_turns_about_the_new_message(
     assert {f[0] for f in found} <= daily_ids
     assert relevant_messages(None, daily, "개", [], 3) == []
     assert relevant_messages(world.index, daily, "  ", [], 3) == []
+
+
+def test_calls_of_the_llm_api_are_never_found(tmp_path: Path) -> None:
+    """A /v1 or generate call runs as a hidden session (config origin "api"): its prompt
+    and answer are the caller's API traffic, not a chat of theirs to search."""
+    world = open_world(tmp_path)
+    try:
+        owner = world.user("api_user")
+        hidden, _ = world.chat.start_session(owner, "", {**CONFIG, "origin": "api"})
+        _, reply_id, _ = world.chat.post_message(hidden, owner, "블루버드 작전 개요", 1)
+        finish(world.chat, hidden, reply_id, ["블루버드 작전은 비밀입니다"])
+        chat = world.session("api_user", "대화")
+        shown, _ = world.say("api_user", chat, "블루버드는 새 이름이에요")
+        world.settle()
+        assert [hit.message_id for hit in world.find("api_user", "블루버드")] == [shown]
+    finally:
+        world.close()
