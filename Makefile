@@ -9,7 +9,7 @@ PORT ?= 8000
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run test install model assets browser lint bench clean
+.PHONY: run test install model assets browser lint bench bench-1m clean
 
 run: install model assets
 	@echo "Open http://$(HOST):$(PORT)/ in your browser."
@@ -47,9 +47,20 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The quick benchmarks (a few minutes); figures and commands in docs/benchmarks.md.
 bench: install model
 	$(BIN)/python bench/token_commits.py
 	$(BIN)/python bench/streaming.py
+	$(BIN)/python bench/chat_history_cost.py
+	$(BIN)/python bench/chat_page.py
+	$(BIN)/python bench/markdown_render.py
+	$(BIN)/python bench/batching.py
+	$(BIN)/python bench/embedding.py
+
+# A million-event log: rebuild, event browser and time travel (tens of minutes, ~0.5 GB).
+bench-1m: install model
+	$(BIN)/python bench/rebuild_1m.py --data data-bench-1m
+	$(BIN)/python bench/admin_pages.py --data data-bench-1m
 
 clean:
 	rm -rf $(VENV) node_modules data .pytest_cache
