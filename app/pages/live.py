@@ -68,6 +68,11 @@ class LivePage:
             await services.settle(logged.position)
             ended = await messages_read.get_message(services.read_db, str(e.reply_id))
             return _article(ended, session_id, oob=True) if ended else None
+        if kind == "UserMessageEdited":
+            # The conversation now follows a new branch; a reload draws it from one
+            # consistent snapshot (the window that made the edit reloads by itself).
+            return (f'<div hx-swap-oob="beforeend:#toasts">'
+                    f'{fragment("chat/_edited_elsewhere.html", session_id=session_id)}</div>')
         if kind == "Renamed":
             title = escape(e.title)
             return (f'<span hx-swap-oob="innerHTML:#chat-title">{title}</span>'
