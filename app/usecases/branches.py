@@ -54,7 +54,7 @@ async def edit_message(services: Services, user_id: str, session_id: str, messag
                                           queue_position)
 
     # The same queueing as posting (chats keeps it private; one place decides the order).
-    return await chats._queue_reply(services, uuid, record, owner=user_id)
+    return await chats.queue_reply(services, uuid, record, owner=user_id)
 
 
 async def version_map(services: Services, session_id: str) -> dict[str, Version]:

@@ -178,7 +178,7 @@ async def post_message(services: Services, user_id: str, session_id: str,
     def record(queue_position: int) -> tuple[UUID, UUID, int]:
         return services.chat.post_message(uuid, UUID(user_id), text, queue_position)
 
-    return await _queue_reply(services, uuid, record, session["config"].get("model"),
+    return await queue_reply(services, uuid, record, session["config"].get("model"),
                               owner=user_id)
 
 
@@ -190,7 +190,7 @@ async def regenerate(services: Services, user_id: str, session_id: str) -> dict[
     def record(queue_position: int) -> tuple[UUID, UUID, int]:
         return services.chat.regenerate(uuid, UUID(user_id), queue_position)
 
-    return await _queue_reply(services, uuid, record, session["config"].get("model"),
+    return await queue_reply(services, uuid, record, session["config"].get("model"),
                               owner=user_id)
 
 
@@ -200,8 +200,10 @@ async def cancel_reply(services: Services, user_id: str, session_id: str) -> Non
     await _stop_replies(services, UUID(session["id"]))
 
 
-async def _queue_reply(services: Services, session_id: UUID, record: QueueCommand,
-                       model_id: str | None = None, owner: str | None = None) -> dict[str, Any]:
+async def queue_reply(services: Services, session_id: UUID, record: QueueCommand,
+                      model_id: str | None = None, owner: str | None = None) -> dict[str, Any]:
+    """Record a reply with `record(queue_position)` and hand it to the actor: the 202 body
+    {message, reply, last_event_id} shared by posting, regenerating and editing."""
     # The session's model answers: the server switches to it when idle (else 503). A model
     # whose file is gone falls back to the loaded one.
     model = services.models.find(model_id) if model_id else None
