@@ -50,6 +50,23 @@ def test_no_payload_runs_anywhere(browser: Browser, server: ServerProcess, admin
                              json={"content": f"악성 입력: {payload}"})
         assert response.status_code in (202, 503), response.text
 
+    # Replies are Markdown rendered on the server: payloads in assistant text arrive
+    # through an import (the model cannot be made to write them on demand).
+    imported = user.post("/api/sessions/import/", json={
+        "format": "localchat.session", "version": 1,
+        "session": {"title": PAYLOADS[4][:60]},
+        "messages": [
+            message
+            for n, payload in enumerate(PAYLOADS)
+            for message in (
+                {"role": "user", "content": f"질문 {n}", "timestamp": "2026-11-25T00:00:00Z"},
+                {"role": "assistant", "content": f"답변 {n}: {payload}",
+                 "timestamp": "2026-11-25T00:00:01Z"},
+            )
+        ],
+    })
+    assert imported.status_code == 201, imported.text
+
     context = browser.new_context()
     context.add_cookies([{"name": "session", "value": user.token or "", "url": server.url}])
     page = context.new_page()
@@ -65,11 +82,18 @@ def test_no_payload_runs_anywhere(browser: Browser, server: ServerProcess, admin
 
     page.on("console", on_console)
     page.on("dialog", on_dialog)
-    for path in (f"/chats/{session['id']}", f"/chats?q={quote(PAYLOADS[1])}", "/profile"):
+    for path in (f"/chats/{session['id']}", f"/chats/{imported.json()['id']}",
+                 f"/chats?q={quote(PAYLOADS[1])}", "/profile"):
         page.goto(server.url + path, wait_until="load")
         page.wait_for_function("window.htmx !== undefined")
         page.wait_for_timeout(300)  # let htmx process the page and any swaps
         assert page.evaluate("window.__pwned") is None, path
+    # The sidebar search shows snippets of the imported replies, payloads included.
+    page.goto(f"{server.url}/chats/{imported.json()['id']}", wait_until="load")
+    page.fill("#search-q", "답변")
+    page.locator("#search-results li").first.wait_for(timeout=15_000)
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__pwned") is None, "search results"
     context.close()
     assert dialogs == [] and violations == []
     user.post(f"/api/sessions/{session['id']}/cancel/")
