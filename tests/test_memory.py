@@ -68,3 +68,16 @@ def test_recalled_turns_that_do_not_fit_are_left_out(engine: LlamaEngine) -> Non
                                  lambda kept: [("u0", "user", huge)], reserve_tokens=128)
     assert result.recalled_ids == []
     assert result.prompt == engine.prepare("Be brief.", history, 64)
+
+
+def test_the_page_lists_the_messages_a_reply_recalled() -> None:
+    from app.pages.render import fragment
+
+    reply = {"id": "r1", "role": "assistant", "content": "나비예요.", "status": "complete",
+             "token_count": 3, "processing_time": 0.2,
+             "metadata": {"model_params": {"recalled_message_ids": ["m7", "m9"]}}}
+    html = fragment("chat/_message.html", m=reply, session_id="s1")
+    assert 'href="#msg-m7"' in html and 'href="#msg-m9"' in html
+    assert "Recalled 2 earlier messages" in html
+    plain = fragment("chat/_message.html", m={**reply, "metadata": {}}, session_id="s1")
+    assert "Recalled" not in plain and "#msg-m7" not in plain
