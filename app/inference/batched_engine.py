@@ -41,6 +41,7 @@ from app.inference.engine import (
     Turn,
 )
 from app.inference.jobs import (
+    MODEL_FAILED,
     Done,
     Event,
     EventSink,
@@ -500,8 +501,9 @@ class BatchedEngine:
 
     def _reset_after(self, error: Exception) -> None:
         """An unexpected error in a step: fail the running replies, forget the KV cache."""
+        log.error("a decoding step failed; its replies end as failed", exc_info=error)
         for running in list(self._running):
-            self._finish(running, Failed("generation_failed", f"The model failed: {error}"))
+            self._finish(running, Failed("generation_failed", MODEL_FAILED))
         llama_cpp.llama_memory_clear(self._memory, True)
         for slot in self._slots:
             slot.key, slot.tokens = None, []

@@ -47,6 +47,11 @@ class Done:
     reason: str  # "stop", "length", "cancelled", "interrupted" (engine closed)
 
 
+# What a user is told when the model raises; the exception itself goes to the server log
+# (it may name files or internals).
+MODEL_FAILED = "The model failed while writing this reply; the server log has the details."
+
+
 @dataclass(frozen=True)
 class Failed:
     code: str  # "timeout", "context_too_long", "generation_failed"

@@ -8,12 +8,14 @@ here (such an engine keeps only the previous prompt's prefix).
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
 
 from app.inference.engine import Engine, Finished, PreparedPrompt, SamplingParams, Turn
 from app.inference.jobs import (
+    MODEL_FAILED,
     Done,
     EventSink,
     Failed,
@@ -23,6 +25,8 @@ from app.inference.jobs import (
     Text,
 )
 from app.inference.sampling import TextStream
+
+log = logging.getLogger(__name__)
 
 
 class SerialEngine:
@@ -100,8 +104,9 @@ class SerialEngine:
                 if ended is not None:
                     outcome = ended
                     break
-        except Exception as error:
-            outcome = Failed("generation_failed", f"The model failed: {error}")
+        except Exception:
+            log.exception("the model failed on a reply")
+            outcome = Failed("generation_failed", MODEL_FAILED)
         finally:
             close = getattr(stream, "close", None)
             if callable(close):
