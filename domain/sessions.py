@@ -110,18 +110,34 @@ class ChatSession(Aggregate):
         """Record a conversation brought from a file, one event per message, each with a
         fresh id (a file's ids are never trusted) and its original time. An assistant
         message answers the user message before it, as a reply would; one with none
-        before it answers itself, so the history a later reply reads keeps it."""
+        before it answers itself, so the history a later reply reads keeps it.
+
+        A message with a "branch" ({parent, version_of, on_branch}: indexes of earlier
+        messages in `messages`, already checked) keeps the branches it was exported with:
+        its event carries them with the fresh ids (`branch`), and an assistant message
+        answers its parent instead."""
+        ids = [uuid4() for _ in messages]
         answering: UUID | None = None
-        for message in messages:
-            message_id = uuid4()
-            if message["role"] == "user":
+        for message_id, message in zip(ids, messages, strict=True):
+            is_user = message["role"] == "user"
+            if is_user:
                 answering = message_id
+            in_reply_to = None if is_user else (answering or message_id)
+            branch = message.get("branch")
+            carried: dict[str, Any] | None = None
+            if branch is not None:
+                parent = None if branch["parent"] is None else str(ids[branch["parent"]])
+                first = None if branch["version_of"] is None else str(ids[branch["version_of"]])
+                if not is_user:
+                    in_reply_to = UUID(parent) if parent else message_id
+                carried = {"parent_id": parent if is_user else None, "version_of": first,
+                           "on_branch": bool(branch["on_branch"])}
             self._import_message(
                 message_id=message_id, source=source, role=message["role"],
                 content=message["content"], sent_at=message["timestamp"],
                 status=message["status"], token_count=message["token_count"],
                 processing_time=message["processing_time"], metadata=message["metadata"],
-                in_reply_to=None if message["role"] == "user" else (answering or message_id),
+                in_reply_to=in_reply_to, branch=carried,
             )
 
     @event("MessageImported")
@@ -129,8 +145,11 @@ class ChatSession(Aggregate):
         self, message_id: UUID, source: str, role: str, content: str, sent_at: str,
         status: str, token_count: int | None, processing_time: float | None,
         metadata: dict[str, Any], in_reply_to: UUID | None,
+        branch: dict[str, Any] | None = None,
     ) -> None:
-        if role == "user":
+        # `branch` (added later; events stored before lack it and load with None):
+        # {parent_id, version_of, on_branch} as text ids, None for a file without branches.
+        if role == "user" and (branch is None or branch["on_branch"]):
             self.last_user_message_id = message_id
 
     @event("ReplyQueued")

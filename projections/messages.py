@@ -16,7 +16,8 @@ from projections.batch import Batch, BatchProjection
 class MessagesProjection(BatchProjection):
     name = "messages"
     tables = ("messages",)
-    version = 3  # 2: in_reply_to; 3: branches (parent_id, version_of, on_branch)
+    # 2: in_reply_to; 3: branches (parent_id, version_of, on_branch); 4: imported branches
+    version = 4
     schema = """
     CREATE TABLE IF NOT EXISTS messages (
         id TEXT PRIMARY KEY,
@@ -94,15 +95,24 @@ class MessagesProjection(BatchProjection):
 
     def on_ChatSession_MessageImported(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
         # The message's own time from the file, not the import's.
+        # A file's branches come as they were exported; without them (version 1 files,
+        # other apps, events stored before) each message follows the branch so far.
         session_id = str(e.originator_id)
-        parent = _branch_tip(db, session_id) if e.role == "user" else None
+        branch = getattr(e, "branch", None)
+        if branch is None:
+            parent = _branch_tip(db, session_id) if e.role == "user" else None
+            version_of, on_branch = None, True
+        else:
+            parent, version_of = branch["parent_id"], branch["version_of"]
+            on_branch = bool(branch["on_branch"])
         db.execute(
             "INSERT INTO messages (id, session_id, position, role, content, timestamp, status,"
-            " token_count, processing_time, metadata, in_reply_to, parent_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " token_count, processing_time, metadata, in_reply_to, parent_id, version_of,"
+            " on_branch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (str(e.message_id), session_id, pos, e.role, e.content, e.sent_at,
              e.status, e.token_count, e.processing_time, _json(e.metadata),
-             str(e.in_reply_to) if e.in_reply_to else None, parent),
+             str(e.in_reply_to) if e.in_reply_to else None, parent, version_of,
+             int(on_branch)),
         )
 
     def on_ChatSession_ReplyQueued(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
@@ -448,3 +458,19 @@ async def branch_fields(db: aiosqlite.Connection, session_id: str) -> dict[str, 
     ) as cursor:
         return {row[0]: {"parent_id": row[1], "version_of": row[2], "on_branch": bool(row[3])}
                 for row in await cursor.fetchall()}
+
+
+async def every_message(db: aiosqlite.Connection, session_id: str) -> list[dict[str, Any]]:
+    """Every message of the session, old branches included, in order, each with where it
+    stands (parent_id, version_of, on_branch, in_reply_to): what an export carries."""
+    async with db.execute(
+        f"SELECT {COLUMNS}, m.parent_id, m.version_of, m.on_branch, m.in_reply_to"
+        " FROM messages m WHERE m.session_id = ? ORDER BY m.position", (session_id,),
+    ) as cursor:
+        rows = await cursor.fetchall()
+    found = []
+    for row in rows:
+        message = message_view(row)
+        message["on_branch"] = bool(message["on_branch"])
+        found.append(message)
+    return found

@@ -68,7 +68,7 @@ def test_export_is_a_versioned_self_contained_document(
     document = response.json()
     assert set(document) == {"format", "version", "exported_at", "session", "config",
                              "messages"}
-    assert (document["format"], document["version"]) == ("localchat.session", 1)
+    assert (document["format"], document["version"]) == ("localchat.session", 2)
     assert is_iso_utc(document["exported_at"])
     assert document["session"]["title"] == "한국어 대화 · export"
     assert document["config"]["system_prompt"] == "한국어로 답하세요."
@@ -78,8 +78,10 @@ def test_export_is_a_versioned_self_contained_document(
     assert reply["role"] == "assistant" and reply["status"] == "complete"
     assert reply["content"] and reply["token_count"] > 0
     assert reply["metadata"]["finish_reason"] in ("stop", "length")
-    assert set(reply) == {"role", "content", "timestamp", "status", "token_count",
-                          "processing_time", "metadata"}
+    assert set(reply) == {"id", "role", "content", "timestamp", "status", "token_count",
+                          "processing_time", "metadata", "parent", "version_of", "on_branch"}
+    assert (reply["id"], reply["parent"], reply["version_of"], reply["on_branch"]) == (
+        1, 0, None, True)
 
 
 def test_export_import_export_round_trips_content_and_metadata(
@@ -177,7 +179,7 @@ def changed(path: str, value: Any) -> dict[str, Any]:
 LONG = "가" * 32_001
 REFUSED = [
     ("wrong format name", changed("format", "other.thing"), "format"),
-    ("wrong version", changed("version", 2), "version"),
+    ("wrong version", changed("version", 3), "version"),
     ("version as text", changed("version", "1"), "version"),
     ("missing messages", changed("messages", ...), "messages"),
     ("messages not a list", changed("messages", {"0": {}}), "messages"),

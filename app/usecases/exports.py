@@ -1,10 +1,13 @@
 """Export a chat (a JSON document, or Markdown to read) and import chats from a file.
 
-The JSON document (`localchat.session`, version 1) holds what a chat is: its title, its
-settings and its messages with their times, statuses and reply metadata. Importing it
-gives a new session of the caller's with the same content; export -> import -> export
-differs only in `exported_at` and the session's `created_at`/`updated_at` (those of the
-new session). Open WebUI and ChatGPT exports are read too (app/usecases/import_formats).
+The JSON document (`localchat.session`, version 2) holds what a chat is: its title, its
+settings and every message of every branch (edited messages' earlier versions and what
+followed them too) with their times, statuses, reply metadata and place among the
+branches. Importing it gives a new session of the caller's with the same content and
+branches; export -> import -> export differs only in `exported_at` and the session's
+`created_at`/`updated_at` (those of the new session). Version 1 documents (the current
+branch only) still import; Open WebUI and ChatGPT exports are read too
+(app/usecases/import_formats). Markdown shows the current branch.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from app.usecases import chats
 from app.usecases.errors import InvalidInput
 from app.usecases.import_formats import ImportedChat, Limits, parse
 from app.usecases.import_formats.ours import FORMAT, VERSION
+from projections import messages as messages_read
 from projections.base import iso
 
 MESSAGE_FIELDS = ("role", "content", "timestamp", "status", "token_count", "processing_time",
@@ -37,16 +41,31 @@ def limits_of(services: Services) -> Limits:
 
 async def export_session(services: Services, user_id: str, session_id: str) -> dict[str, Any]:
     """The user's session as a self-contained document; NotFound for anyone else's."""
-    shown = await chats.conversation(services, user_id, session_id)
-    session = shown.session
+    session = await chats.owned_session(services, user_id, session_id)
+    found = await messages_read.every_message(services.read_db, session["id"])
     return {
         "format": FORMAT,
         "version": VERSION,
         "exported_at": iso(datetime.now(UTC)),
         "session": {key: session[key] for key in ("title", "created_at", "updated_at")},
         "config": session["config"],
-        "messages": [{key: m[key] for key in MESSAGE_FIELDS} for m in shown.messages],
+        "messages": _with_branches(found),
     }
+
+
+def _with_branches(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each message with its place: its index as `id`; `parent` the user message it
+    follows (a user message) or answers (a reply; null for one that answers none)."""
+    index = {m["id"]: i for i, m in enumerate(found)}
+    written = []
+    for i, m in enumerate(found):
+        follows = m["parent_id"] if m["role"] == "user" else m["in_reply_to"]
+        written.append({
+            "id": i, **{key: m[key] for key in MESSAGE_FIELDS},
+            "parent": index.get(follows) if follows != m["id"] else None,
+            "version_of": index.get(m["version_of"]), "on_branch": m["on_branch"],
+        })
+    return written
 
 
 async def export_markdown(services: Services, user_id: str, session_id: str) -> str:

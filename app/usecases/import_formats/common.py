@@ -39,6 +39,9 @@ class Draft:
     token_count: int | None = None
     processing_time: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Where it stands among the chat's branches: {parent, version_of, on_branch} with the
+    # indexes of earlier messages (our version 2 documents); None: it follows the one before.
+    branch: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class ImportedChat:
             "status": "interrupted" if m.status in OPEN else m.status,
             "token_count": m.token_count, "processing_time": m.processing_time,
             "metadata": m.metadata,
+            **({} if m.branch is None else {"branch": m.branch}),
         } for m in self.messages]
 
 

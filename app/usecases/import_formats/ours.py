@@ -1,5 +1,7 @@
-"""LocalChat's own session document (`localchat.session`, version 1): the schema an
-export is written in and an import is checked against."""
+"""LocalChat's own session document (`localchat.session`): the schema an export is
+written in and an import is checked against. Version 2 (written now) carries every
+message of every branch with its place (`id`, `parent`, `version_of`, `on_branch`);
+version 1 (the current branch only) is still read as before."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.usecases.errors import InvalidInput
+from app.usecases.import_formats.branches import Place, resolve
 from app.usecases.import_formats.common import (
     Draft,
     ImportedChat,
@@ -19,7 +22,8 @@ from app.usecases.import_formats.common import (
 )
 
 FORMAT = "localchat.session"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 # FINISHED and OPEN of common.py: an open reply is imported as interrupted.
 STATUSES = Literal["complete", "failed", "cancelled", "interrupted", "queued", "streaming"]
 
@@ -36,6 +40,14 @@ class Message(Strict):
     token_count: int | None = Field(default=None, ge=0)
     processing_time: float | None = Field(default=None, ge=0)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class BranchedMessage(Message):
+    # The document's own ids: an export writes each message's index.
+    id: int | str
+    parent: int | str | None
+    version_of: int | str | None = None
+    on_branch: bool
 
 
 class Session(Strict):
@@ -62,24 +74,35 @@ class Document(Strict):
     messages: list[Message]
 
 
+class BranchedDocument(Document):
+    messages: list[BranchedMessage]  # type: ignore[assignment]
+
+
 def is_ours(document: Any) -> bool:
     return isinstance(document, dict) and "format" in document
 
 
 def parse(document: dict[str, Any], limits: Limits) -> ImportedChat:
     version = document.get("version")
-    if document.get("format") == FORMAT and version != VERSION:
-        raise InvalidInput("version", f"must be {VERSION} (this server reads version"
-                           f" {VERSION} documents; got {version!r}).")
+    if document.get("format") == FORMAT and (type(version) is not int
+                                             or version not in READS):
+        raise InvalidInput("version", f"must be 1 or 2 (this server reads version 1 and 2"
+                           f" documents; got {version!r}).")
     messages = document.get("messages")
     if isinstance(messages, list) and len(messages) > limits.messages:
         # Before the item checks, so a huge list is refused without reading it all.
         raise InvalidInput("messages", f"holds {len(messages)} messages; at most"
                            f" {limits.messages} can be imported per chat.")
+    schema = BranchedDocument if version == 2 else Document
     try:
-        parsed = Document.model_validate(document)
+        parsed = schema.model_validate(document)
     except ValidationError as error:
         raise invalid(error) from None
+    branches: list[dict[str, Any] | None] = [None] * len(parsed.messages)
+    if isinstance(parsed, BranchedDocument):
+        branches = list(resolve([
+            Place(role=m.role, id=m.id, parent=m.parent, version_of=m.version_of,
+                  on_branch=m.on_branch) for m in parsed.messages]))
     drafts = []
     for index, m in enumerate(parsed.messages):
         path = join("messages", index)
@@ -87,7 +110,7 @@ def parse(document: dict[str, Any], limits: Limits) -> ImportedChat:
             path=path, role=m.role, content=m.content,
             timestamp=iso_time(join(path, "timestamp"), m.timestamp), status=m.status,
             token_count=m.token_count, processing_time=m.processing_time,
-            metadata=m.metadata,
+            metadata=m.metadata, branch=branches[index],
         ))
     chat = ImportedChat(
         source="localchat", path="", title=parsed.session.title,
