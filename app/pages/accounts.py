@@ -21,6 +21,7 @@ from app.auth import (
 )
 from app.errors import headers_of, status_of
 from app.http_input import read_form
+from app.pages import messages
 from app.pages.render import page
 from app.usecases import accounts
 from app.usecases.errors import Conflict, InvalidInput, UseCaseError
@@ -35,10 +36,10 @@ async def form_of(request: Request) -> dict[str, str]:
 def field_errors(error: UseCaseError) -> tuple[dict[str, str], str]:
     """Put an error beside its field when it has one, anything else above the form."""
     if isinstance(error, InvalidInput) and error.field in FIELDS:
-        return {error.field: error.problem}, ""
+        return {error.field: messages.problem(error)}, ""
     if isinstance(error, Conflict) and error.field in FIELDS:
-        return {error.field: error.message.partition(": ")[2] or error.message}, ""
-    return {}, error.message
+        return {error.field: messages.problem(error)}, ""
+    return {}, messages.message(error)
 
 
 def safe_next(target: str | None) -> str:
@@ -82,7 +83,7 @@ async def login_page(request: Request) -> Response:
                                          str(form.get("password", "")), client_address(request))
     except UseCaseError as error:
         context: dict[str, Any] = {"values": values, "errors": {}, "next": target,
-                                   "form_error": error.message}
+                                   "form_error": messages.message(error)}
         response = form_page(request, "auth/login.html", context, status_of(error))
         response.headers.update(headers_of(error))
         return response

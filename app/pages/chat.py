@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from app.auth import optional_user, require_user, services_of
 from app.http_input import read_form
+from app.pages import messages
 from app.pages.live import live_events
 from app.pages.render import fragment, limits, page
 from app.usecases import branches, chats, history
@@ -117,7 +118,7 @@ async def settings(request: Request) -> Response:
     try:
         await chats.update_session(services, user["id"], session["id"], form_numbers(form))
     except InvalidInput as error:
-        context["errors"] = {error.field: error.problem}
+        context["errors"] = {error.field: messages.problem(error)}
         return HTMLResponse(fragment("chat/_settings.html", **context), 422)
     return HTMLResponse(fragment("chat/_settings.html", saved=True, **context))
 
@@ -137,7 +138,7 @@ async def rename(request: Request) -> Response:
                                              form.get("title"))
     except InvalidInput as error:
         return HTMLResponse(fragment("chat/_rename.html", item=session, active_id=active_id,
-                                     max_title=max_title, error=error.problem), 422)
+                                     max_title=max_title, error=messages.problem(error)), 422)
     return HTMLResponse(fragment("chat/_session_item.html", item=renamed, active_id=active_id))
 
 

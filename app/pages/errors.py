@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from app.i18n import N_
 from app.i18n import gettext as _
+from app.pages import messages
 from app.pages.render import TEMPLATES, is_htmx, toast
 
 TITLES = {
@@ -18,6 +19,7 @@ TITLES = {
 
 def page_error(request: Request, status: int, message: str,
                headers: dict[str, str] | None = None) -> Response:
+    message = messages.text(message)  # a use case's English text, in the page's language
     if is_htmx(request):
         response = toast(message, status)
         if status == 401:

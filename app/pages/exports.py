@@ -19,6 +19,7 @@ from app.auth import optional_user, require_user, services_of
 from app.downloads import download, parse_json
 from app.errors import status_of
 from app.http_input import read_body
+from app.pages import messages
 from app.pages.render import fragment
 from app.security import csrf_token
 from app.usecases import exports
@@ -60,7 +61,7 @@ async def import_file(request: Request) -> Response:
         document = parse_json(await read_body(request, limit))
         _source, sessions = await exports.import_document(services, user["id"], document)
     except UseCaseError as error:
-        return PlainTextResponse(error.message, status_of(error))
+        return PlainTextResponse(messages.message(error), status_of(error))
     items = "".join(fragment("chat/_session_item.html", item=item, active_id=None)
                     for item in sessions)
     return HTMLResponse(items, 201)

@@ -12,6 +12,7 @@ from app.auth import optional_user, require_user, services_of
 from app.http_input import read_form
 from app.i18n import gettext as _
 from app.i18n import local_date, local_day
+from app.pages import messages
 from app.pages.chat import to_login
 from app.pages.render import fragment, page
 from app.pages.usage_chart import bar_chart
@@ -42,7 +43,7 @@ async def save_profile(request: Request) -> Response:
         saved = await accounts.update_profile(services, user["id"], values)
     except InvalidInput as error:
         return HTMLResponse(fragment("profile/_profile_form.html", values=values,
-                                     errors={error.field: error.problem}), 400)
+                                     errors={error.field: messages.problem(error)}), 400)
     return HTMLResponse(fragment("profile/_profile_form.html", saved=True, errors={},
                                  values={key: saved[key] for key in PROFILE_FIELDS}))
 
@@ -57,7 +58,7 @@ async def change_password(request: Request) -> Response:
     except InvalidInput as error:
         field = "new_password" if error.field == "password" else error.field
         return HTMLResponse(fragment("profile/_password_form.html",
-                                     password_errors={field: error.problem}), 400)
+                                     password_errors={field: messages.problem(error)}), 400)
     return HTMLResponse(fragment("profile/_password_form.html", changed=True,
                                  password_errors={}))
 

@@ -7,6 +7,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from app.auth import require_user, services_of
+from app.i18n import gettext as _
+from app.pages import messages
 from app.pages.render import fragment
 from app.usecases import search
 from app.usecases.errors import InvalidInput
@@ -23,7 +25,8 @@ async def results(request: Request) -> Response:
         found = await search.search(services_of(request), user["id"], q, RESULTS)
     except InvalidInput as error:
         return HTMLResponse(fragment("chat/_search_results.html", q=q, results=[],
-                                     error=f"The search {error.problem}"))
+                                     error=_("The search %(problem)s") % {
+                                         "problem": messages.problem(error)}))
     return HTMLResponse(fragment("chat/_search_results.html", q=q, results=found))
 
 

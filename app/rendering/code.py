@@ -22,6 +22,8 @@ from pygments.util import ClassNotFound
 LIGHT_STYLE = "default"
 DARK_STYLE = "github-dark"
 MAX_LABEL_CHARS = 32
+# Rendered HTML is cached for every language, so the label is English here; app.js puts
+# the page's translated one (<body data-copy-label>, templates/base.html) in its place.
 COPY_LABEL = "Copy"
 
 # Only a plain name is looked up (case-folded); anything else is just shown as a label.

@@ -233,7 +233,7 @@
 
   function showCopied(btn) {
     if (!btn.dataset.label) btn.dataset.label = btn.textContent;
-    btn.textContent = btn.dataset.copiedLabel || 'Copied';
+    btn.textContent = btn.dataset.copiedLabel || document.body.dataset.copiedLabel || 'Copied';
     btn.classList.add('code__copy--done');
     clearTimeout(timers.get(btn));
     timers.set(btn, setTimeout(function () {
@@ -241,6 +241,23 @@
       btn.classList.remove('code__copy--done');
     }, DONE_MS));
   }
+
+  // The rendered HTML says "Copy" (it is cached for every language); the page's own
+  // translated label (<body data-copy-label>) replaces it wherever a block appears.
+  function label(root) {
+    var text = document.body && document.body.dataset.copyLabel;
+    if (!text || !root.querySelectorAll) return;
+    var buttons = root.matches && root.matches('[data-copy]') ? [root] : root.querySelectorAll('[data-copy]');
+    Array.prototype.forEach.call(buttons, function (btn) {
+      if (!btn.classList.contains('code__copy--done') && btn.textContent !== text) btn.textContent = text;
+    });
+  }
+  document.addEventListener('DOMContentLoaded', function () {
+    label(document);
+    new MutationObserver(function (records) {
+      records.forEach(function (r) { Array.prototype.forEach.call(r.addedNodes, label); });
+    }).observe(document.body, { childList: true, subtree: true });
+  });
 
   document.addEventListener('click', function (e) {
     var btn = e.target.closest && e.target.closest('[data-copy]');
@@ -331,6 +348,13 @@
     return meta ? meta.content : '';
   }
 
+  // The texts come translated from the form's data-* attributes ({i}, {n}: numbers).
+  function phrase(form, name, fallback, values) {
+    var t = form.dataset[name] || fallback;
+    Object.keys(values || {}).forEach(function (k) { t = t.split('{' + k + '}').join(values[k]); });
+    return t;
+  }
+
   function say(status, text, isError) {
     status.textContent = text;
     status.classList.toggle('import-form__status--error', !!isError);
@@ -382,7 +406,7 @@
     file.text().then(function (text) {
       var document_;
       try { document_ = JSON.parse(text); } catch (err) {
-        say(status, 'This file is not JSON.', true);
+        say(status, phrase(form, 'notJson', 'This file is not JSON.'), true);
         done();
         return;
       }
@@ -393,18 +417,19 @@
       var index = 0;
       var next = function () {
         if (index === total) {
-          say(status, 'Imported ' + total + (total === 1 ? ' chat.' : ' chats.'), false);
+          say(status, total === 1 ? phrase(form, 'importedOne', 'Imported {n} chat.', { n: total })
+            : phrase(form, 'importedMany', 'Imported {n} chats.', { n: total }), false);
           done();
           return;
         }
-        say(status, 'Importing… ' + (index + 1) + ' / ' + total, false);
+        say(status, phrase(form, 'importing', 'Importing… {i} / {n}', { i: index + 1, n: total }), false);
         postChat(chats[index]).then(function (items) {
           addToSidebar(items);
           index += 1;
           next();
         }, function (err) {
-          say(status, 'Chat ' + (index + 1) + ' of ' + total + ' was not imported: ' +
-              err.message + ' (' + index + ' imported)', true);
+          say(status, phrase(form, 'failed', 'Chat {i} of {n} was not imported: {why} ({done} imported)',
+                           { i: index + 1, n: total, why: err.message, done: index }), true);
           done();
         });
       };
