@@ -68,7 +68,6 @@ class Services:
     hashing: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
     changes: ChangeWatch = field(default_factory=lambda: ChangeWatch(asyncio.get_running_loop()))
     streams: StreamCounter = field(default_factory=lambda: StreamCounter(20))
-    queue_reserved: int = 0  # replies between the queue check and the queue (use cases)
     actor_task: asyncio.Task[None] | None = None
     metrics: Metrics | None = None
     # Semantic search; None when the vector index could not be opened (keyword search stays).

@@ -20,8 +20,9 @@ import math
 import queue
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 from uuid import UUID
@@ -136,6 +137,10 @@ class InferenceActor:
         self.engine: Engine | None = None  # a job-taking engine, or one reply at a time
         self.load_error: str | None = None
         self._waiting: FairQueue[Job] = FairQueue()
+        # Places held for replies being recorded (between the checks and enqueue), in all
+        # and per user, so racing requests cannot overfill the queue or a user's share.
+        self._held = 0
+        self._held_by: Counter[str] = Counter()
         self._flights: dict[UUID, _Flight] = {}  # by reply id
         self._lock = threading.Lock()
         self._wakeup = asyncio.Event()
@@ -174,15 +179,42 @@ class InferenceActor:
         if self.engine is None:
             raise ModelNotLoaded(self.load_error or "The model is not loaded.")
         with self._lock:
-            if len(self._waiting) >= self._tuning.max_queue:
-                raise QueueFull(f"{len(self._waiting)} replies are already waiting.")
-            cap = self._tuning.max_queued_per_user
-            if owner is not None and cap is not None and self._waiting.count(owner) >= cap:
-                raise TooManyQueued(f"You already have {cap} replies waiting.",
-                                    self._retry_after())
-            ahead = (self._waiting.ahead_of_new(owner) if owner is not None
-                     else len(self._waiting))
-            return len(self._flights) + ahead + 1
+            return self._check_place(owner)
+
+    @contextmanager
+    def place(self, owner: str | None = None) -> Iterator[int]:
+        """Hold a place for a reply while it is recorded, then `enqueue` it inside the
+        block: the checks of `next_position` count every place held, so requests racing
+        through the recording cannot overfill the queue or a user's share of it."""
+        if self.engine is None:
+            raise ModelNotLoaded(self.load_error or "The model is not loaded.")
+        with self._lock:
+            position = self._check_place(owner)
+            self._held += 1
+            if owner is not None:
+                self._held_by[owner] += 1
+        try:
+            yield position
+        finally:
+            with self._lock:
+                self._held -= 1
+                if owner is not None:
+                    self._held_by[owner] -= 1
+                    if not self._held_by[owner]:
+                        del self._held_by[owner]
+
+    def _check_place(self, owner: str | None) -> int:
+        waiting = len(self._waiting) + self._held
+        if waiting >= self._tuning.max_queue:
+            raise QueueFull(f"{waiting} replies are already waiting.")
+        cap = self._tuning.max_queued_per_user
+        if (owner is not None and cap is not None
+                and self._waiting.count(owner) + self._held_by[owner] >= cap):
+            raise TooManyQueued(f"You already have {cap} replies waiting.",
+                                self._retry_after())
+        ahead = (self._waiting.ahead_of_new(owner) if owner is not None
+                 else len(self._waiting))
+        return len(self._flights) + ahead + self._held + 1
 
     def enqueue(self, session_id: UUID, reply_id: UUID, position: int,
                 owner: str | None = None) -> None:

@@ -7,7 +7,7 @@ body or a form) and raise the typed errors of app.usecases.errors; nothing here 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -213,22 +213,7 @@ async def queue_reply(services: Services, session_id: UUID, record: QueueCommand
 
 async def _queue_reply_now(services: Services, session_id: UUID, record: QueueCommand,
                            owner: str | None = None) -> dict[str, Any]:
-    # A slot is reserved from the check until the reply is on the queue (no await between
-    # check and reservation), so posts racing through the command cannot overfill it.
-    if services.actor.queue_depth + services.queue_reserved >= services.settings.max_queue:
-        raise Unavailable("queue_full", "The reply queue is full; try again shortly.",
-                          QUEUE_RETRY_SECONDS)
-    services.queue_reserved += 1
-    try:
-        try:
-            queue_position = services.actor.next_position(owner) + services.queue_reserved - 1
-        except ModelNotLoaded as error:
-            raise Unavailable("model_not_loaded", str(error), MODEL_RETRY_SECONDS) from None
-        except QueueFull as error:
-            raise Unavailable("queue_full", f"The reply queue is full: {error}",
-                              QUEUE_RETRY_SECONDS) from None
-        except TooManyQueued as error:  # this user's share of the queue is used up
-            raise RateLimited(str(error), error.retry_after) from None
+    with held_place(services, owner) as queue_position:
         try:
             message_id, reply_id, position = await services.command(record, queue_position)
         except domain_errors.NotFound:
@@ -236,8 +221,6 @@ async def _queue_reply_now(services: Services, session_id: UUID, record: QueueCo
         except domain_errors.NothingToRegenerate as error:
             raise Conflict("nothing_to_regenerate", str(error)) from None
         services.actor.enqueue(session_id, reply_id, position, owner)
-    finally:
-        services.queue_reserved -= 1
     await services.settle(position)
     message = await messages_read.get_message(services.read_db, str(message_id))
     reply = await messages_read.get_message(services.read_db, str(reply_id))
@@ -249,6 +232,22 @@ async def _queue_reply_now(services: Services, session_id: UUID, record: QueueCo
     # The reply's queued event is the last one recorded; a stream resumed from just before
     # it sees the `queued` event and then every token.
     return {"message": message, "reply": reply, "last_event_id": position - 1}
+
+
+@contextlib.contextmanager
+def held_place(services: Services, owner: str | None) -> Iterator[int]:
+    """A place on the reply queue, held while the reply is recorded (enqueue it inside):
+    its queue position; Unavailable or RateLimited when there is no room."""
+    try:
+        with services.actor.place(owner) as queue_position:
+            yield queue_position
+    except ModelNotLoaded as error:
+        raise Unavailable("model_not_loaded", str(error), MODEL_RETRY_SECONDS) from None
+    except QueueFull as error:
+        raise Unavailable("queue_full", f"The reply queue is full: {error}",
+                          QUEUE_RETRY_SECONDS) from None
+    except TooManyQueued as error:  # this user's share of the queue is used up
+        raise RateLimited(str(error), error.retry_after) from None
 
 
 async def _stop_replies(services: Services, session_id: UUID) -> None:

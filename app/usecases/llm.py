@@ -19,12 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from app.inference.actor import ModelNotLoaded, QueueFull, TooManyQueued
 from app.inference.registry import ModelFile
 from app.services import Services
 from app.streaming import follow_session
 from app.usecases import chats, fields
-from app.usecases.errors import InvalidInput, NotFound, RateLimited, Unavailable
+from app.usecases.errors import InvalidInput, NotFound, Unavailable
 from domain.sessions import auto_title
 
 API_ORIGIN = "api"
@@ -224,15 +223,12 @@ async def start(services: Services, user_id: str, request: Request,
 
 
 async def _start(services: Services, user_id: str, request: Request) -> Queued:
-    try:
-        queue_position = services.actor.next_position(user_id)
-    except ModelNotLoaded as error:
-        raise Unavailable("model_not_loaded", str(error), chats.MODEL_RETRY_SECONDS) from None
-    except QueueFull as error:
-        raise Unavailable("queue_full", f"The reply queue is full: {error}",
-                          chats.QUEUE_RETRY_SECONDS) from None
-    except TooManyQueued as error:  # this user's share of the queue is used up
-        raise RateLimited(str(error), error.retry_after) from None
+    with chats.held_place(services, user_id) as queue_position:
+        return await _record(services, user_id, request, queue_position)
+
+
+async def _record(services: Services, user_id: str, request: Request,
+                  queue_position: int) -> Queued:
     model = loaded_model_id(services) or services.model_id
     config = session_config(services, request, model)
     owner = UUID(user_id)
