@@ -8,6 +8,8 @@ from html import escape
 
 from markupsafe import Markup
 
+from app.i18n import gettext as _
+
 WIDTH, HEIGHT, PAD = 240, 48, 3
 
 
@@ -34,7 +36,7 @@ def sparkline(values: Sequence[float | None], label: str, unit: str = "",
               width: int = WIDTH, height: int = HEIGHT) -> Markup:
     """An <svg> of the values (oldest first); the latest known value in its title."""
     known = [v for v in values if v is not None]
-    latest = f"{known[-1]:g}{unit}" if known else "no data"
+    latest = f"{known[-1]:g}{unit}" if known else _("no data")
     parts = [f'<svg class="sparkline" viewBox="0 0 {width} {height}" width="{width}"'
              f' height="{height}" role="img" aria-label="{escape(label)}: {escape(latest)}">'
              f"<title>{escape(label)}: {escape(latest)}</title>",
