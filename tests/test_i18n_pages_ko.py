@@ -5,12 +5,17 @@ brand, model names, file formats, key names and numbers."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 
+import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, FilePayload, Page, expect
 
+from app import i18n
+from app.pages import messages
 from tests.server import Api, ServerProcess
 from tests.test_profile_browser import browser  # noqa: F401  (fixture)
 
@@ -52,6 +57,15 @@ COLLECT = """(content) => {
   texts.push(document.title);
   return texts;
 }"""
+
+
+@contextmanager
+def i18n_language(language: str) -> Iterator[None]:
+    token = i18n._current.set(language)
+    try:
+        yield
+    finally:
+        i18n._current.reset(token)
 
 
 @pytest.fixture
@@ -118,3 +132,52 @@ def test_korean_pages_have_no_english_ui_text(korean: BrowserContext, server: Se
         expect(page.locator("html")).to_have_attribute("lang", "ko")
         page.wait_for_load_state("networkidle")
         assert english_words(page, names) == [], path
+
+
+def choose_file(page: Page, name: str, content: bytes) -> None:
+    payload: FilePayload = {"name": name, "mimeType": "application/json", "buffer": content}
+    page.set_input_files("#import-file", files=[payload])
+
+
+def test_import_progress_speaks_korean(korean: BrowserContext, server: ServerProcess,
+                                       user: Api) -> None:
+    """app.js's import texts come from the form's translated data-* attributes."""
+    assert user.token
+    korean.add_cookies([{"name": "session", "value": user.token, "url": server.url}])
+    page = korean.new_page()
+    page.goto(f"{server.url}/chats")
+    choose_file(page, "잘못된.json", "{아님".encode())
+    page.click("#import-submit")
+    expect(page.locator("#import-status")).to_have_text("이 파일은 JSON이 아닙니다.")
+    document = {"format": "localchat.session", "version": 1, "session": {"title": "가져온 대화"},
+                "messages": [{"role": "user", "content": "안녕하세요",
+                              "timestamp": "2026-11-25T10:00:00Z"}]}
+    choose_file(page, "대화.json", json.dumps(document, ensure_ascii=False).encode())
+    page.click("#import-submit")
+    expect(page.locator("#import-status")).to_have_text("대화 1개를 가져왔습니다.",
+                                                        timeout=30_000)
+    expect(page.locator("#session-list")).to_contain_text("가져온 대화")
+    # A chat the server refuses: its reason is the page adapter's Korean text.
+    document["messages"] = [{"role": "user", "content": "", "timestamp": "2026-11-25T10:00:00Z"}]
+    choose_file(page, "빈.json", json.dumps(document, ensure_ascii=False).encode())
+    page.click("#import-submit")
+    failed = "대화 1개 중 1번째를 가져오지 못했습니다"
+    expect(page.locator("#import-status")).to_contain_text(failed, timeout=30_000)
+    expect(page.locator("#import-status")).to_contain_text("비워 둘 수 없습니다")
+
+
+def test_use_case_messages_in_korean_on_pages_english_in_the_api(server: ServerProcess) -> None:
+    """A field's problem is Korean beside the field on a Korean page; the API keeps English."""
+    with i18n_language("ko"):
+        assert messages.text("must be at least 8 characters.") == "8자 이상이어야 합니다."
+        assert messages.text("password: must be at least 8 characters.") == \
+            "비밀번호: 8자 이상이어야 합니다."
+        assert messages.text("The session does not exist.") == \
+            "이 대화는 없거나 당신의 대화가 아닙니다."
+        assert messages.text("어떤 알 수 없는 문장") == "어떤 알 수 없는 문장"  # kept as it is
+    response = httpx.post(f"{server.url}/api/auth/register/",
+                          json={"username": "short_pw_user", "email": "a@example.com",
+                                "password": "짧다"},
+                          headers={"Accept-Language": "ko"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "password: must be at least 8 characters."
