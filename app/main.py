@@ -79,7 +79,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = [
         *profile_api.routes, *profile_page.routes, *signals_page.routes,
-        *branches_api.routes, *branches_page.routes,
         *branches_api.routes, *branches_page.routes, *history_page.routes,
         *language_page.routes,
         *exports.routes, *exports_page.routes,  # before the {session_id} routes

@@ -333,6 +333,45 @@
   });
 })();
 
+/* Connection indicator (templates/signals/_page.html): #connection says when a live
+ * stream is lost and while htmx-ext-sse retries it (its backoff: 0.5 s doubling to 64 s),
+ * then "Reconnected" for a moment. The stream resumes from the last event applied
+ * (Last-Event-ID, or the last_event_id kept above), so no text is lost or repeated. */
+(function () {
+  'use strict';
+
+  var RESUMED_MS = 2500;
+  var failures = 0;
+  var hideTimer = null;
+
+  function show(state, text) {
+    var box = document.getElementById('connection');
+    if (!box) return;
+    clearTimeout(hideTimer);
+    box.dataset.state = state;
+    box.querySelector('.connection__text').textContent = text;
+    box.hidden = false;
+    if (state === 'open') hideTimer = setTimeout(function () { box.hidden = true; }, RESUMED_MS);
+  }
+
+  // The texts come translated from the page (data-lost, data-retrying, data-resumed).
+  function says(name, fallback) {
+    var box = document.getElementById('connection');
+    return (box && box.dataset[name]) || fallback;
+  }
+
+  document.addEventListener('htmx:sseError', function () {
+    failures += 1;
+    show('lost', failures === 1 ? says('lost', 'Connection lost. Reconnecting…')
+      : says('retrying', 'Connection lost. Retrying (attempt {n})…').replace('{n}', failures));
+  });
+  document.addEventListener('htmx:sseOpen', function () {
+    if (!failures) return;
+    failures = 0;
+    show('open', says('resumed', 'Reconnected. Up to date.'));
+  });
+})();
+
 /* Chat import with progress (app/pages/exports.py):
  *   <form data-import> with a file input and [data-import-status]
  * The file is read here and sent one chat per request (a list of chats from Open WebUI or
@@ -435,44 +474,5 @@
       };
       next();
     });
-  });
-})();
-
-/* Connection indicator (templates/signals/_page.html): #connection says when a live
- * stream is lost and while htmx-ext-sse retries it (its backoff: 0.5 s doubling to 64 s),
- * then "Reconnected" for a moment. The stream resumes from the last event applied
- * (Last-Event-ID, or the last_event_id kept above), so no text is lost or repeated. */
-(function () {
-  'use strict';
-
-  var RESUMED_MS = 2500;
-  var failures = 0;
-  var hideTimer = null;
-
-  function show(state, text) {
-    var box = document.getElementById('connection');
-    if (!box) return;
-    clearTimeout(hideTimer);
-    box.dataset.state = state;
-    box.querySelector('.connection__text').textContent = text;
-    box.hidden = false;
-    if (state === 'open') hideTimer = setTimeout(function () { box.hidden = true; }, RESUMED_MS);
-  }
-
-  // The texts come translated from the page (data-lost, data-retrying, data-resumed).
-  function says(name, fallback) {
-    var box = document.getElementById('connection');
-    return (box && box.dataset[name]) || fallback;
-  }
-
-  document.addEventListener('htmx:sseError', function () {
-    failures += 1;
-    show('lost', failures === 1 ? says('lost', 'Connection lost. Reconnecting…')
-      : says('retrying', 'Connection lost. Retrying (attempt {n})…').replace('{n}', failures));
-  });
-  document.addEventListener('htmx:sseOpen', function () {
-    if (!failures) return;
-    failures = 0;
-    show('open', says('resumed', 'Reconnected. Up to date.'));
   });
 })();
