@@ -167,10 +167,11 @@ def test_an_import_event_stored_before_branches_still_loads(tmp_path: Path) -> N
     app = ChatApplication(env={"PERSISTENCE_MODULE": "eventsourcing.sqlite",
                                "SQLITE_DBNAME": str(path)})
     owner = UUID(int=7)
-    messages: list[dict[str, Any]] = [{"role": role, "content": content, "timestamp": "2026-01-02T03:04:05.000000Z",
-                 "status": "complete", "token_count": None, "processing_time": None,
-                 "metadata": {}} for role, content in
-                [("user", "예전 질문"), ("assistant", "예전 답"), ("user", "다음 질문")]]
+    turns = [("user", "예전 질문"), ("assistant", "예전 답"), ("user", "다음 질문")]
+    messages: list[dict[str, Any]] = [
+        {"role": role, "content": content, "timestamp": "2026-01-02T03:04:05.000000Z",
+         "status": "complete", "token_count": None, "processing_time": None, "metadata": {}}
+        for role, content in turns]
     session_id, _position = app.import_session(owner, "예전 가져오기", {}, messages, "localchat")
     app.close()
     log = sqlite3.connect(path)
