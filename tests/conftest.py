@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
-from tests.server import ROOT, Api, ServerProcess
+from tests.server import CHROMIUM, CHROMIUM_FLAGS, ROOT, Api, ServerProcess
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -47,6 +48,24 @@ def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
     process = ServerProcess(tmp_path / "data")
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's chromium, one per test module that asks for it."""
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does)"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    # The system prefers light: only the theme toggle can make a page dark.
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="light")
+    yield ctx
+    ctx.close()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -10,19 +10,15 @@ import itertools
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.server import Api, ServerProcess
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 KOREAN_PROMPT = ("등대지기와 폭풍에 대한 긴 이야기를 들려주세요."
                  " Tell a long story about a lighthouse.")
 MESSAGE_FIELDS = ("id", "role", "content", "status", "token_count", "timestamp",
@@ -363,22 +359,6 @@ def test_projection_rebuild_from_the_page(admin: Api) -> None:
 
 
 # -- in a real browser -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does)"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    yield ctx
-    ctx.close()
 
 
 def admin_page(context: BrowserContext, server: ServerProcess, admin: Api) -> Page:

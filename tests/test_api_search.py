@@ -9,7 +9,7 @@ from typing import Any
 from playwright.sync_api import BrowserContext, expect
 
 from tests.server import Api, ServerProcess, assert_error
-from tests.test_browser import browser, context, signed_in_page  # noqa: F401 (fixtures)
+from tests.test_browser import signed_in_page
 
 GARDEN = "베란다 텃밭에서 방울토마토를 키우고 있는데 잎이 노랗게 변해요"
 
@@ -86,7 +86,7 @@ def test_the_sidebar_fragment_links_to_the_message(user: Api, server: ServerProc
 
 
 def test_a_result_opens_the_chat_at_the_highlighted_message(
-        context: BrowserContext, server: ServerProcess, user: Api) -> None:  # noqa: F811
+        context: BrowserContext, server: ServerProcess, user: Api) -> None:
     filler = [f"채팅 {i}번째 메시지입니다" for i in range(12)]
     session_id, ids = chat_with(user, "첫 메시지: 오래된 구아바 이야기", *filler)
     other = user.new_session(title="다른 대화")

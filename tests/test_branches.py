@@ -10,7 +10,6 @@ from playwright.sync_api import BrowserContext, expect
 from tests.server import ROOT, Api, ServerProcess
 from tests.test_browser import send_in_chat, signed_in_page
 from tests.test_pages import browser_client
-from tests.test_profile_browser import browser, context  # noqa: F401  (fixtures)
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -125,7 +124,7 @@ def test_editing_from_the_page(server: ServerProcess, user: Api) -> None:
     assert [c for r, c in contents(user, session["id"]) if r == "user"] == ["바뀐 질문"]
 
 
-def test_edit_and_view_versions_in_the_browser(context: BrowserContext,  # noqa: F811
+def test_edit_and_view_versions_in_the_browser(context: BrowserContext,
                                                server: ServerProcess, user: Api) -> None:
     session = user.new_session(max_tokens=8)
     sid = session["id"]
@@ -155,7 +154,7 @@ def test_edit_and_view_versions_in_the_browser(context: BrowserContext,  # noqa:
 
 
 def test_a_message_sent_from_the_page_can_be_edited_without_reloading(
-    context: BrowserContext, server: ServerProcess, user: Api  # noqa: F811
+    context: BrowserContext, server: ServerProcess, user: Api
 ) -> None:
     session = user.new_session(max_tokens=8)
     page = send_in_chat(context, server, user, session["id"], "방금 보낸 질문")

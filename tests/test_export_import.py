@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.server import Api, assert_error, is_iso_utc
+from tests.server import CHROMIUM, CHROMIUM_FLAGS, Api, assert_error, is_iso_utc
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Decomposed jamo too: imports must not normalise (NFC) what users wrote.
@@ -332,9 +332,6 @@ def test_the_import_form_without_javascript_posts_the_whole_file(
     assert admin.head() == before
 
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 # Records every text the import status line shows, in order.
 WATCH_STATUS = """() => {
@@ -358,7 +355,7 @@ def test_export_and_import_through_the_buttons(server: Any, user: Api, tmp_path:
     upload.write_text(json.dumps(many, ensure_ascii=False), encoding="utf-8")
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         context = browser.new_context(viewport={"width": 1280, "height": 860},
                                       accept_downloads=True)
         context.add_cookies([{"name": "session", "value": user.token or "",

@@ -15,7 +15,6 @@ from babel.messages.pofile import read_po
 from playwright.sync_api import BrowserContext, expect
 
 from tests.server import ROOT, Api, ServerProcess
-from tests.test_profile_browser import browser, context  # noqa: F401  (fixtures)
 
 LANGUAGES = ("en", "ko")
 
@@ -95,7 +94,7 @@ def test_dates_follow_the_language(server: ServerProcess, user: Api) -> None:
     assert "일별 메시지" in korean and f"{today.month}월 {today.day}일" in korean
 
 
-def test_korean_in_the_browser(context: BrowserContext, server: ServerProcess,  # noqa: F811
+def test_korean_in_the_browser(context: BrowserContext, server: ServerProcess,
                                user: Api) -> None:
     page = context.new_page()
     page.goto(f"{server.url}/login")

@@ -17,7 +17,6 @@ from playwright.sync_api import Browser, BrowserContext, FilePayload, Page, expe
 from app import i18n
 from app.pages import messages
 from tests.server import Api, ServerProcess
-from tests.test_profile_browser import browser  # noqa: F401  (fixture)
 
 # Proper names and symbols that are not translated.
 ALLOWED = {
@@ -69,7 +68,7 @@ def i18n_language(language: str) -> Iterator[None]:
 
 
 @pytest.fixture
-def korean(browser: Browser) -> Iterator[BrowserContext]:  # noqa: F811
+def korean(browser: Browser) -> Iterator[BrowserContext]:
     ctx = browser.new_context(viewport={"width": 1280, "height": 900},
                               extra_http_headers={"Accept-Language": "ko-KR,ko;q=0.9"})
     yield ctx

@@ -7,11 +7,10 @@ from playwright.sync_api import BrowserContext, expect
 from tests.server import Api, ServerProcess
 from tests.test_branches import turn
 from tests.test_browser import signed_in_page
-from tests.test_profile_browser import browser, context  # noqa: F401  (fixtures)
 
 
 def test_another_window_is_told_to_reload_after_an_edit(
-    context: BrowserContext, server: ServerProcess, user: Api  # noqa: F811
+    context: BrowserContext, server: ServerProcess, user: Api
 ) -> None:
     session = user.new_session(max_tokens=8)
     sid = session["id"]

@@ -14,7 +14,6 @@ from playwright.sync_api import BrowserContext, expect
 from app.config import Settings
 from tests.server import Api, ServerProcess
 from tests.test_browser import LONG_PROMPT, send_in_chat, signed_in_page
-from tests.test_profile_browser import browser, context  # noqa: F401  (fixtures)
 
 
 def signals_until(api: Api, session_id: str, after: int, wanted: str,
@@ -107,7 +106,7 @@ def test_signals_refuse_bad_input(server: ServerProcess, user: Api, anon: Api) -
 
 
 def test_browser_queue_badge_moves_and_notice_opens_the_chat(
-    context: BrowserContext, server: ServerProcess, user: Api, busy_queue: Any  # noqa: F811
+    context: BrowserContext, server: ServerProcess, user: Api, busy_queue: Any
 ) -> None:
     (first, _), *_middle, (last, posted) = busy_queue
     page = signed_in_page(context, server, user)
@@ -131,7 +130,7 @@ def test_browser_queue_badge_moves_and_notice_opens_the_chat(
     page.wait_for_url(f"**/chats/{quick['id']}")
 
 
-def test_connection_indicator_through_a_restart(context: BrowserContext,  # noqa: F811
+def test_connection_indicator_through_a_restart(context: BrowserContext,
                                                 fresh_server: ServerProcess) -> None:
     fresh_server.start()
     api = Api(fresh_server.url).register()

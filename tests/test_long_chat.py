@@ -11,7 +11,6 @@ from playwright.sync_api import BrowserContext, expect
 from tests.server import Api, ServerProcess
 from tests.test_browser import signed_in_page
 from tests.test_pages import browser_client
-from tests.test_profile_browser import browser, context  # noqa: F401  (fixtures)
 
 ARTICLE = re.compile(r'<article class="message[^"]*" id="msg-([0-9a-f-]+)"')
 OLDER = re.compile(r'hx-get="/chats/[0-9a-f-]+/older\?before=([0-9a-f-]+)"')
@@ -77,7 +76,7 @@ def test_older_pages_refuse_what_is_not_there(
                         params={"before": first}).status_code == 404
 
 
-def test_scrolling_up_loads_older_messages(context: BrowserContext,  # noqa: F811
+def test_scrolling_up_loads_older_messages(context: BrowserContext,
                                            server: ServerProcess, user: Api) -> None:
     session = import_chat(user, 120, title="스크롤")
     page = signed_in_page(context, server, user)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from app.rendering import StreamingMarkdown, render
 from app.rendering.markdown import render_uncached
+from tests.server import CHROMIUM, CHROMIUM_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -416,9 +417,6 @@ def test_code_css_is_generated_from_the_script() -> None:
 
 # --- In a real browser: copy button and themes -------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 COPY_SOURCE = 'def 인사():\n    return "안녕하세요"\n'
 
 
@@ -445,7 +443,7 @@ def chromium() -> Iterator[Any]:
 
     assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does)"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield browser
         browser.close()
 

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-from playwright.sync_api import Browser, BrowserContext, expect, sync_playwright
+from playwright.sync_api import BrowserContext, expect
 
 from tests.server import ROOT, Api, ServerProcess
-from tests.test_browser import CHROMIUM, FLAGS, LONG_PROMPT, send_in_chat, signed_in_page
+from tests.test_browser import LONG_PROMPT, send_in_chat, signed_in_page
 
 ARTIFACTS = ROOT / "test-artifacts"
 DARK_BG = "rgb(22, 22, 26)"  # --bg of the dark theme in app.css
 LIGHT_BG = "rgb(255, 255, 255)"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does)"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    # The system prefers light: only the toggle can make the page dark.
-    ctx = browser.new_context(viewport={"width": 1280, "height": 860}, color_scheme="light")
-    yield ctx
-    ctx.close()
 
 
 def test_profile_name_and_password_in_the_browser(context: BrowserContext,
