@@ -57,6 +57,7 @@ class Run:
         self.first: float | None = None
         self.ended: float | None = None
         self.tokens = 0
+        self.evaluated: int | None = None  # prompt tokens the engine ran (after KV reuse)
         self.pieces: list[str] = []
 
     def token(self, text: str, count: int = 1) -> None:
@@ -122,6 +123,7 @@ def wait(pairs: list[tuple[Job, Run]]) -> list[Run]:
     for job, run in pairs:
         job.done.wait()
         run.ended = run.ended or time.perf_counter()
+        run.evaluated = job.stats.evaluated_tokens
     return [run for _, run in pairs]
 
 
@@ -208,8 +210,11 @@ def main() -> None:
     for name, runs in (("raw generate", raw_chats), ("engine", engine_chats)):
         t1 = statistics.mean(c[0].ttft for c in runs)
         t10 = statistics.mean(c[-1].ttft for c in runs)
+        evaluated = [statistics.mean(c[t].evaluated or 0 for c in runs) for t in (0, -1)]
+        read = f"; prompt tokens evaluated {evaluated[0]:.0f} -> {evaluated[1]:.0f}" \
+            if name == "engine" else ""
         print(f"4 interleaved chats, {name:13} first token turn 1 {ms(t1)}, turn 10 {ms(t10)}"
-              f"  ({t10 / t1:.2f}x)")
+              f"  ({t10 / t1:.2f}x){read}")
     print()
     print(f"engine 1 stream / raw: {rate(single) / rate(raw):.2f}x; "
           f"4 concurrent / engine 1 stream: {aggregate / rate(single):.2f}x; "

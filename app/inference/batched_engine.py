@@ -319,21 +319,25 @@ class BatchedEngine:
                     f"The prompt has {len(job.request.prompt)} tokens; the context holds "
                     f"{self.n_ctx} including the reply.")))
                 continue
-            slot = self._free_slot(job.key)
+            slot = self._free_slot(job)
             if slot is None:
                 return
             self._pending.remove(job)
             self._start(job, slot, now)
 
-    def _free_slot(self, key: str | None) -> _Slot | None:
+    def _free_slot(self, job: Job) -> _Slot | None:
         idle = [s for s in self._slots if s.running is None]
         if not idle:
             return None
-        own = [s for s in idle if key is not None and s.key == key]
+        own = [s for s in idle if job.key is not None and s.key == job.key]
         if own:
             return own[0]
-        # An empty slot, then one holding no chat, then the least recently used chat's.
-        return min(idle, key=lambda s: (bool(s.tokens), s.key is not None, s.last_used))
+        spare = [s for s in idle if s.key is None]  # empty, or left by a reply without a chat
+        if spare:
+            # The one sharing the longest prefix with this prompt (a system prompt, say).
+            prompt = job.request.prompt
+            return max(spare, key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used))
+        return min(idle, key=lambda s: s.last_used)  # the least recently used chat's
 
     def _start(self, job: Job, slot: _Slot, now: float) -> None:
         prompt = job.request.prompt
