@@ -128,8 +128,11 @@ def test_cancel_keeps_the_text_so_far(user: Api) -> None:
     assert stored["status"] == "cancelled" and stored["content"] == tokens
 
 
-def test_queued_reply_waits_its_turn_and_can_be_cancelled(user: Api, anon: Api) -> None:
-    other = anon.register()
+def test_queued_reply_waits_its_turn_and_can_be_cancelled(fresh_server: Any) -> None:
+    # One decoding slot, so a second reply really waits (the default decodes 4 at once).
+    fresh_server.env["N_PARALLEL"] = "1"
+    fresh_server.start()
+    other, user = Api(fresh_server.url).register(), Api(fresh_server.url).register()
     busy = other.new_session(max_tokens=1500, temperature=0.9)
     running = post(other, busy["id"], LONG_PROMPT)
     read_until_end(other, busy["id"], running["reply"]["id"], running["last_event_id"],
