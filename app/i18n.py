@@ -22,6 +22,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
 from jinja2 import Environment
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 LOCALES_DIR = Path(__file__).resolve().parents[1] / "locales"
@@ -94,15 +95,6 @@ def choose(cookie: str | None, accept_language: str) -> str:
     return DEFAULT
 
 
-def parse_cookies(raw: str) -> dict[str, str]:
-    found = {}
-    for part in raw.split(";"):
-        key, sep, value = part.strip().partition("=")
-        if sep:
-            found[key] = value
-    return found
-
-
 class LanguageMiddleware:
     """Sets the language of each HTTP request (and its streamed response)."""
 
@@ -115,7 +107,7 @@ class LanguageMiddleware:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
                    if k in (b"cookie", b"accept-language")}
-        language = choose(parse_cookies(headers.get("cookie", "")).get(COOKIE),
+        language = choose(cookie_parser(headers.get("cookie", "")).get(COOKIE),
                           headers.get("accept-language", ""))
         token = _current.set(language)
         try:

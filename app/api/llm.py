@@ -14,8 +14,7 @@ from app.auth import require_user, services_of
 from app.http_input import read_json
 from app.services import Services
 from app.sse_events import INTERRUPTED_MESSAGE, to_json
-from app.usecases import llm
-from app.usecases.errors import InvalidInput
+from app.usecases import fields, llm
 
 
 async def models(request: Request) -> Response:
@@ -27,9 +26,7 @@ async def generate(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidInput("stream", "must be true or false.")
+    stream = fields.boolean(body, "stream")
     generation = llm.generate_request(services, body)
     queued = await llm.start(services, user["id"], generation)
     if stream:

@@ -24,7 +24,7 @@ from app.auth import require_user, services_of
 from app.http_input import read_json
 from app.services import Services
 from app.sse_events import to_json
-from app.usecases import llm
+from app.usecases import fields, llm
 from app.usecases.errors import (
     Forbidden,
     InvalidInput,
@@ -117,9 +117,7 @@ async def chat_completions(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidInput("stream", "must be true or false.")
+    stream = fields.boolean(body, "stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise InvalidInput("stream_options", "must be an object.")

@@ -63,6 +63,15 @@ def number(values: Values, field: str, *, low: float, high: float) -> float | No
     return float(value)
 
 
+def boolean(values: Values, field: str, default: bool = False) -> bool:
+    value = values.get(field, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidInput(field, "must be true or false.")
+    return value
+
+
 def integer(values: Values, field: str, *, low: int, high: int) -> int | None:
     if field not in values or values[field] is None:
         return None
