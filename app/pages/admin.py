@@ -26,7 +26,8 @@ from app.services import Services
 from app.usecases import admin
 from app.usecases.errors import InvalidInput, NotFound
 
-DASHBOARD_SECONDS = 2.0  # how often the live dashboard redraws
+DASHBOARD_SECONDS = 2.0  # the live dashboard redraws at least this often (clocks, rates)
+DASHBOARD_MIN_SECONDS = 0.25  # and at most this often while the log moves
 TAIL_WAIT = 15.0
 USER_ACTIONS = {"disable": admin.disable_user, "enable": admin.enable_user,
                 "grant": admin.grant_admin, "revoke": admin.revoke_admin}
@@ -78,8 +79,12 @@ async def dashboard(request: Request) -> Response:
 
 async def _dashboard_stream(services: Services) -> AsyncIterator[ServerSentEvent]:
     while True:
+        head = services.head.position
         yield ServerSentEvent(data=await stats_html(services), event="stats")
-        await asyncio.sleep(DASHBOARD_SECONDS)
+        # Redraw as soon as something is recorded, so even a short reply shows while it
+        # is being written (a fixed 2 s tick could miss it), at most a few times a second.
+        await services.head.wait_beyond(head, DASHBOARD_SECONDS)
+        await asyncio.sleep(DASHBOARD_MIN_SECONDS)
 
 
 async def dashboard_live(request: Request) -> Response:
