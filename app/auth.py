@@ -12,7 +12,7 @@ from starlette.responses import Response
 from app.security import csrf_token, form_csrf_token, forwarded_client, new_token
 from app.services import Services
 from app.usecases import accounts
-from app.usecases.errors import Forbidden, NotAuthenticated
+from app.usecases.errors import N_, Forbidden, NotAuthenticated
 
 SESSION_COOKIE = "session"
 CSRF_HEADER = "x-csrf-token"
@@ -50,12 +50,12 @@ async def require_user(request: Request) -> dict[str, Any]:
     """The signed-in user; browsers must also send the CSRF token on unsafe methods."""
     user = await optional_user(request)
     if user is None:
-        raise NotAuthenticated("Sign in first: send a valid bearer token.")
+        raise NotAuthenticated(N_("Sign in first: send a valid bearer token."))
     if user["via_cookie"] and request.method not in SAFE_METHODS:
         expected = csrf_token(services_of(request).secret, user["token"])
         sent = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent.encode(), expected.encode()):
-            raise Forbidden("The CSRF token is missing or wrong; reload the page.",
+            raise Forbidden(N_("The CSRF token is missing or wrong; reload the page."),
                             code="csrf_failed")
     return user
 
@@ -63,7 +63,7 @@ async def require_user(request: Request) -> dict[str, Any]:
 async def require_admin(request: Request) -> dict[str, Any]:
     user = await require_user(request)
     if not user["is_admin"]:
-        raise Forbidden("Only administrators can do this.")
+        raise Forbidden(N_("Only administrators can do this."))
     return user
 
 
@@ -94,7 +94,7 @@ def check_form_csrf(request: Request, form: Mapping[str, Any]) -> None:
     sent = str(form.get(FORM_CSRF_FIELD, ""))
     expected = form_csrf(request, nonce) if nonce else ""
     if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
-        raise Forbidden("The form expired or did not come from this site; try again.",
+        raise Forbidden(N_("The form expired or did not come from this site; try again."),
                         code="csrf_failed")
 
 

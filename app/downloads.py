@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from app.services import Services
 from app.usecases import exports
-from app.usecases.errors import InvalidInput
+from app.usecases.errors import N_, InvalidInput
 
 KINDS = {"json": ("application/json", ".json"), "markdown": ("text/markdown", ".md")}
 UNSAFE_IN_NAME = re.compile(r'[\x00-\x1f\x7f"\\/:*?<>|;]+')
@@ -28,7 +28,7 @@ def attachment(title: str, extension: str) -> str:
 async def download(services: Services, user_id: str, session_id: str, kind: str) -> Response:
     """The session as a JSON document (`kind` "json") or Markdown ("markdown")."""
     if kind not in KINDS:
-        raise InvalidInput("format", "must be json or markdown.")
+        raise InvalidInput("format", N_("must be json or markdown."))
     media_type, extension = KINDS[kind]
     document = await exports.export_session(services, user_id, session_id)
     headers = {"Content-Disposition": attachment(document["session"]["title"], extension)}

@@ -10,18 +10,18 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 
 from app.usecases import fields
-from app.usecases.errors import InvalidInput, TooLarge
+from app.usecases.errors import N_, InvalidInput, Message, TooLarge
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"The request body is larger than {limit} bytes.")
+        raise TooLarge.body(limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise TooLarge(f"The request body is larger than {limit} bytes.")
+            raise TooLarge.body(limit)
     return bytes(body)
 
 
@@ -37,8 +37,8 @@ async def read_json(request: Request, limit: int, allow_empty: bool = False) -> 
         # every field check refuses, so the 400 names the field they were sent in.
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise InvalidInput("body", f"not valid UTF-8 JSON ({error}).",
-                           code="invalid_json") from None
+        raise InvalidInput("body", Message(N_("not valid UTF-8 JSON (%(error)s)."),
+                                           {"error": str(error)}), code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidInput("body", "must be a JSON object.", code="invalid_json")
     return data
@@ -50,7 +50,8 @@ async def read_form(request: Request, limit: int) -> dict[str, str]:
     try:
         return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
     except (UnicodeDecodeError, ValueError):
-        raise InvalidInput("body", "not a valid UTF-8 form.", code="invalid_form") from None
+        raise InvalidInput("body", N_("not a valid UTF-8 form."),
+                           code="invalid_form") from None
 
 
 def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:

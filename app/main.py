@@ -27,7 +27,7 @@ from app.pages import language as language_page
 from app.pages import profile as profile_page
 from app.pages import search as search_page
 from app.pages import signals as signals_page
-from app.pages.errors import page_error
+from app.pages.errors import http_error_page, use_case_error_page
 from app.security_headers import SecurityHeaders
 from app.services import start_services, stop_services
 from app.usecases import accounts as account_cases
@@ -46,7 +46,7 @@ async def on_use_case_error(request: Request, exc: Exception) -> Response:
         return await openai_compat.openai_error(request, exc)
     if is_api(request):
         return await errors.use_case_error(request, exc)
-    return page_error(request, errors.status_of(exc), exc.message, errors.headers_of(exc))
+    return use_case_error_page(request, exc)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
@@ -55,7 +55,7 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
         return await openai_compat.openai_error(request, exc)
     if is_api(request):
         return await errors.http_error(request, exc)
-    return page_error(request, exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    return http_error_page(request, exc)
 
 
 async def on_server_error(request: Request, exc: Exception) -> Response:

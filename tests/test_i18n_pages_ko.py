@@ -16,6 +16,8 @@ from playwright.sync_api import Browser, BrowserContext, FilePayload, Page, expe
 
 from app import i18n
 from app.pages import messages
+from app.usecases import fields
+from app.usecases.errors import Forbidden, InvalidInput, NotFound
 from tests.server import Api, ServerProcess
 
 # Proper names and symbols that are not translated.
@@ -168,12 +170,13 @@ def test_import_progress_speaks_korean(korean: BrowserContext, server: ServerPro
 def test_use_case_messages_in_korean_on_pages_english_in_the_api(server: ServerProcess) -> None:
     """A field's problem is Korean beside the field on a Korean page; the API keeps English."""
     with i18n_language("ko"):
-        assert messages.text("must be at least 8 characters.") == "8자 이상이어야 합니다."
-        assert messages.text("password: must be at least 8 characters.") == \
-            "비밀번호: 8자 이상이어야 합니다."
-        assert messages.text("The session does not exist.") == \
-            "이 대화는 없거나 당신의 대화가 아닙니다."
-        assert messages.text("어떤 알 수 없는 문장") == "어떤 알 수 없는 문장"  # kept as it is
+        with pytest.raises(InvalidInput) as short:
+            fields.password({"password": "짧다"})
+        assert messages.problem(short.value) == "8자 이상이어야 합니다."
+        assert messages.message(short.value) == "비밀번호: 8자 이상이어야 합니다."
+        assert messages.message(NotFound("session")) == "이 대화는 없거나 당신의 대화가 아닙니다."
+        unknown = Forbidden("어떤 알 수 없는 문장")
+        assert messages.message(unknown) == "어떤 알 수 없는 문장"  # kept as it is
     response = httpx.post(f"{server.url}/api/auth/register/",
                           json={"username": "short_pw_user", "email": "a@example.com",
                                 "password": "짧다"},

@@ -57,7 +57,11 @@ DEFAULT_REPLY_SECONDS = 10.0  # a reply's expected length before any was measure
 
 
 class QueueFull(Exception):
-    pass
+    """The queue already holds `waiting` replies, as many as it may."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"{waiting} replies are already waiting.")
+        self.waiting = waiting
 
 
 class ModelNotLoaded(Exception):
@@ -67,8 +71,9 @@ class ModelNotLoaded(Exception):
 class TooManyQueued(Exception):
     """This user already has as many replies waiting as one user may (429 + Retry-After)."""
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
+    def __init__(self, cap: int, retry_after: int) -> None:
+        super().__init__(f"You already have {cap} replies waiting.")
+        self.cap = cap
         self.retry_after = retry_after
 
 
@@ -206,12 +211,11 @@ class InferenceActor:
     def _check_place(self, owner: str | None) -> int:
         waiting = len(self._waiting) + self._held
         if waiting >= self._tuning.max_queue:
-            raise QueueFull(f"{waiting} replies are already waiting.")
+            raise QueueFull(waiting)
         cap = self._tuning.max_queued_per_user
         if (owner is not None and cap is not None
                 and self._waiting.count(owner) + self._held_by[owner] >= cap):
-            raise TooManyQueued(f"You already have {cap} replies waiting.",
-                                self._retry_after())
+            raise TooManyQueued(cap, self._retry_after())
         ahead = (self._waiting.ahead_of_new(owner) if owner is not None
                  else len(self._waiting))
         return len(self._flights) + ahead + self._held + 1

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.errors import headers_of, status_of
 from app.i18n import N_
 from app.i18n import gettext as _
 from app.pages import messages
 from app.pages.render import TEMPLATES, is_htmx, toast
+from app.usecases.errors import UseCaseError
 
 TITLES = {
     400: N_("That did not work"), 401: N_("Please sign in"), 403: N_("Not allowed"),
@@ -17,9 +20,19 @@ TITLES = {
 }
 
 
+def use_case_error_page(request: Request, error: UseCaseError) -> Response:
+    return page_error(request, status_of(error), messages.message(error), headers_of(error))
+
+
+def http_error_page(request: Request, error: HTTPException) -> Response:
+    return page_error(request, error.status_code, messages.http(error.status_code,
+                                                                str(error.detail)),
+                      dict(error.headers or {}))
+
+
 def page_error(request: Request, status: int, message: str,
                headers: dict[str, str] | None = None) -> Response:
-    message = messages.text(message)  # a use case's English text, in the page's language
+    """`message` is in the page's language already."""
     if is_htmx(request):
         response = toast(message, status)
         if status == 401:

@@ -24,6 +24,7 @@ from app.pages.render import fragment
 from app.security import csrf_token
 from app.usecases import exports
 from app.usecases.errors import (
+    N_,
     Forbidden,
     InvalidInput,
     NotAuthenticated,
@@ -44,12 +45,12 @@ async def import_file(request: Request) -> Response:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         user = await optional_user(request)
         if user is None:
-            raise NotAuthenticated("Sign in first.")
+            raise NotAuthenticated(N_("Sign in first."))
         raw, sent_csrf = await _uploaded(request, limit)
         # A plain form cannot send the CSRF header, so the token travels as a field.
         expected = csrf_token(services.secret, user["token"])
         if user["via_cookie"] and not hmac.compare_digest(sent_csrf.encode(), expected.encode()):
-            raise Forbidden("The CSRF token is missing or wrong; reload the page.",
+            raise Forbidden(N_("The CSRF token is missing or wrong; reload the page."),
                             code="csrf_failed")
         _source, sessions = await exports.import_document(services, user["id"],
                                                           parse_json(raw))
@@ -71,11 +72,11 @@ async def _uploaded(request: Request, limit: int) -> tuple[bytes, str]:
     """(the file's bytes, the form's CSRF field) of a multipart form within the limit."""
     declared = request.headers.get("content-length")
     if not declared or not declared.isdigit() or int(declared) > limit:
-        raise TooLarge(f"The request body is larger than {limit} bytes.")
+        raise TooLarge.body(limit)
     async with request.form(max_files=1, max_fields=10, max_part_size=limit) as form:
         upload, sent_csrf = form.get("file"), form.get("csrf")
         if not isinstance(upload, UploadFile):
-            raise InvalidInput("file", "choose a file to import.")
+            raise InvalidInput("file", N_("choose a file to import."))
         return await upload.read(), sent_csrf if isinstance(sent_csrf, str) else ""
 
 

@@ -10,7 +10,7 @@ from app import i18n
 from app.auth import services_of
 from app.http_input import read_form
 from app.pages.accounts import safe_next
-from app.usecases.errors import InvalidInput
+from app.usecases.errors import N_, InvalidInput, Message
 
 
 async def switch(request: Request) -> Response:
@@ -21,8 +21,8 @@ async def switch(request: Request) -> Response:
     language = str(form.get("lang", ""))
     if language not in i18n.LANGUAGES:
         choices = ", ".join(sorted(i18n.LANGUAGES))
-        raise InvalidInput("lang", i18n.gettext("must be one of: %(choices)s.")
-                           % {"choices": choices})
+        raise InvalidInput("lang", Message(N_("must be one of: %(choices)s."),
+                                           {"choices": choices}))
     response = RedirectResponse(safe_next(str(form.get("next", ""))), 303)
     response.set_cookie(i18n.COOKIE, language, max_age=i18n.COOKIE_MAX_AGE, httponly=True,
                         samesite="lax", secure=settings.cookie_secure, path="/")

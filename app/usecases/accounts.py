@@ -13,7 +13,14 @@ import anyio
 from app.security import hash_password, new_token, token_hash, verify_password
 from app.services import Services
 from app.usecases import fields
-from app.usecases.errors import Conflict, Forbidden, InvalidCredentials, RateLimited
+from app.usecases.errors import (
+    N_,
+    Conflict,
+    Forbidden,
+    InvalidCredentials,
+    Message,
+    RateLimited,
+)
 from domain.errors import UsernameTaken
 from domain.users import username_key
 from projections import messages as messages_read
@@ -55,12 +62,12 @@ async def register(services: Services, values: Mapping[str, Any], address: str) 
     assert email is not None
     if (not services.settings.open_registration
             and await users_read.count_users(services.read_db) > 0):
-        raise Forbidden("Sign-up is closed here; ask an administrator for an account.",
+        raise Forbidden(N_("Sign-up is closed here; ask an administrator for an account."),
                         code="registration_closed")
     retry_after = services.registrations.admit(address)
     if retry_after:
-        raise RateLimited(f"Too many sign-ups from this address. Try again in {retry_after}"
-                          " seconds.", retry_after)
+        raise RateLimited(Message(N_("Too many sign-ups from this address. Try again in"
+                                     " %(n)s seconds."), {"n": retry_after}), retry_after)
     password_hash = await anyio.to_thread.run_sync(hash_password, password,
                                                    limiter=services.hashing)
     token = new_token()
@@ -68,7 +75,7 @@ async def register(services: Services, values: Mapping[str, Any], address: str) 
     try:
         user = await services.command(chat.register_user, username, email, password_hash)
     except UsernameTaken:
-        raise Conflict("username_taken", "username: that username is already taken.",
+        raise Conflict("username_taken", N_("that username is already taken."),
                        field="username") from None
     position = await services.command(chat.log_in, user.id, token_hash(token), address,
                                       token_ttl(services))
@@ -88,8 +95,8 @@ async def sign_in(services: Services, username: str, password: str, address: str
     limiter = services.login_limiter
     retry_after = limiter.admit(account, address)
     if retry_after:
-        raise RateLimited(f"Too many failed sign-ins. Try again in {retry_after} seconds.",
-                          retry_after)
+        raise RateLimited(Message(N_("Too many failed sign-ins. Try again in %(n)s seconds."),
+                                  {"n": retry_after}), retry_after)
     user = await services.command(services.chat.find_user, username)
     ok = await anyio.to_thread.run_sync(
         verify_password, user.password_hash if user else None, password,
@@ -101,7 +108,7 @@ async def sign_in(services: Services, username: str, password: str, address: str
         raise InvalidCredentials()
     limiter.succeed(account, address)
     if user.disabled:  # the password was right, so saying why is no leak
-        raise Forbidden("This account is disabled; ask an administrator.",
+        raise Forbidden(N_("This account is disabled; ask an administrator."),
                         code="account_disabled")
     token = new_token()
     position = await services.command(services.chat.log_in, user.id, token_hash(token),

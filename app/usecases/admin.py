@@ -27,8 +27,8 @@ from app.audit.browse import (
 from app.audit.event_view import event_view
 from app.event_log import LoggedEvent
 from app.services import Services
-from app.usecases import chats
-from app.usecases.errors import Conflict, InvalidInput, NotFound
+from app.usecases import chats, fields
+from app.usecases.errors import N_, Conflict, InvalidInput, NotFound
 from app.usecases.timeline import Moment, fold
 from domain import errors as domain_errors
 from projections import hashchain
@@ -230,8 +230,8 @@ async def _administer(services: Services, command: Callable[[UUID, UUID | None],
     try:
         position = await services.command(command, uuid, UUID(admin_id))
     except domain_errors.LastAdmin:
-        raise Conflict("last_admin", "There must always be an active administrator;"
-                       " make someone else admin first.") from None
+        raise Conflict("last_admin", N_("There must always be an active administrator;"
+                                        " make someone else admin first.")) from None
     except domain_errors.NotFound:
         raise NotFound("user") from None
     # Settled: the read models (hence every token check) include the change from now on.
@@ -316,7 +316,7 @@ def _filter(browser: EventBrowser, query: EventQuery) -> EventFilter:
         try:
             where.aggregate = UUID(query.aggregate)
         except ValueError:
-            raise InvalidInput("aggregate", "must be an aggregate id (a UUID).") from None
+            raise InvalidInput("aggregate", N_("must be an aggregate id (a UUID).")) from None
     if query.user:
         where.user = user_by_name_or_id(browser.db, browser.mapper, query.user)
     if query.since:
@@ -331,7 +331,7 @@ async def browse_events(services: Services, query: EventQuery, after: int | None
     """A page of matching events in store order: after `after`, or else the newest ones
     before `before` (the newest of all when neither is given)."""
     if not 1 <= limit <= MAX_PAGE:
-        raise InvalidInput("limit", f"must be between 1 and {MAX_PAGE}.")
+        raise InvalidInput("limit", fields.between(1, MAX_PAGE))
 
     def work(browser: EventBrowser) -> tuple[list[LoggedEvent], bool, bool, int]:
         where = _filter(browser, query)

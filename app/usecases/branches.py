@@ -9,7 +9,7 @@ from uuid import UUID
 
 from app.services import Services
 from app.usecases import chats, fields
-from app.usecases.errors import InvalidInput, NotFound
+from app.usecases.errors import N_, InvalidInput, NotFound
 from projections import messages as messages_read
 
 
@@ -43,7 +43,8 @@ async def edit_message(services: Services, user_id: str, session_id: str, messag
     A reply still being written in the session is stopped first (it answers the old one)."""
     session, row = await _own_message(services, user_id, session_id, message_id)
     if row["role"] != "user":
-        raise InvalidInput("message_id", "is a reply; only your own messages can be edited.")
+        raise InvalidInput("message_id",
+                           N_("is a reply; only your own messages can be edited."))
     text = fields.required_text({"content": content}, "content",
                                 max_len=services.settings.max_message_chars, allow_blank=False)
     await chats.cancel_reply(services, user_id, session["id"])

@@ -15,7 +15,15 @@ from uuid import UUID
 from app.inference.actor import ModelNotLoaded, QueueFull, TooManyQueued
 from app.services import Services
 from app.usecases import fields
-from app.usecases.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
+from app.usecases.errors import (
+    N_,
+    Conflict,
+    InvalidInput,
+    Message,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
 from domain import errors as domain_errors
 from projections import messages as messages_read
 from projections import sessions as sessions_read
@@ -71,7 +79,8 @@ def session_fields(
     }
     if config["model"] is not None and services.models.find(config["model"]) is None:
         available = ", ".join(m.id for m in services.models.models())
-        raise InvalidInput("model", f"unknown model; available: {available}.")
+        raise InvalidInput("model", Message(N_("unknown model; available: %(models)s."),
+                                            {"models": available}))
     return title, {k: value for k, value in config.items() if value is not None}
 
 
@@ -98,7 +107,7 @@ async def list_sessions(services: Services, user_id: str, q: str = "",
                         limit: int = 50) -> list[dict[str, Any]]:
     q = q.strip()
     if len(q) > SEARCH_CHARS:
-        raise InvalidInput("q", f"must be at most {SEARCH_CHARS} characters.")
+        raise InvalidInput("q", fields.at_most(SEARCH_CHARS))
     return await sessions_read.list_sessions(services.read_db, user_id, q, limit)
 
 
@@ -118,7 +127,7 @@ async def update_session(services: Services, user_id: str, session_id: str,
     session = await owned_session(services, user_id, session_id)
     title, config = session_fields(services, values)
     if title is not None and not title:
-        raise InvalidInput("title", "must not be empty.")
+        raise InvalidInput("title", N_("must not be empty."))
     try:
         position = await services.command(services.chat.update_session, UUID(session["id"]),
                                           UUID(user_id), title, config)
@@ -218,8 +227,10 @@ async def _queue_reply_now(services: Services, session_id: UUID, record: QueueCo
             message_id, reply_id, position = await services.command(record, queue_position)
         except domain_errors.NotFound:
             raise NotFound("session") from None
-        except domain_errors.NothingToRegenerate as error:
-            raise Conflict("nothing_to_regenerate", str(error)) from None
+        except domain_errors.NothingToRegenerate:
+            # The domain's own words (the API's text), said here to be translated.
+            raise Conflict("nothing_to_regenerate",
+                           N_("this session has no user message to answer")) from None
         services.actor.enqueue(session_id, reply_id, position, owner)
     await services.settle(position)
     message = await messages_read.get_message(services.read_db, str(message_id))
@@ -244,10 +255,12 @@ def held_place(services: Services, owner: str | None) -> Iterator[int]:
     except ModelNotLoaded as error:
         raise Unavailable("model_not_loaded", str(error), MODEL_RETRY_SECONDS) from None
     except QueueFull as error:
-        raise Unavailable("queue_full", f"The reply queue is full: {error}",
+        raise Unavailable("queue_full", Message(N_("The reply queue is full: %(n)s replies are"
+                                                   " already waiting."), {"n": error.waiting}),
                           QUEUE_RETRY_SECONDS) from None
     except TooManyQueued as error:  # this user's share of the queue is used up
-        raise RateLimited(str(error), error.retry_after) from None
+        raise RateLimited(Message(N_("You already have %(n)s replies waiting."),
+                                  {"n": error.cap}), error.retry_after) from None
 
 
 async def _stop_replies(services: Services, session_id: UUID) -> None:

@@ -130,5 +130,5 @@ def _config(services: Services, chat: ImportedChat) -> dict[str, Any]:
         _title, config = chats.session_fields(services, values)
     except InvalidInput as error:
         prefix = f"{chat.path}.config" if chat.path else "config"
-        raise InvalidInput(f"{prefix}.{error.field}", error.problem) from None
+        raise InvalidInput(f"{prefix}.{error.field}", error.problem_text) from None
     return {**chats.default_config(services), **config}

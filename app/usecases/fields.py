@@ -7,12 +7,23 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from app.usecases.errors import InvalidInput
+from app.usecases.errors import N_, InvalidInput, Message
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 USERNAME = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
+MIN_PASSWORD = 8
 
 Values = Mapping[str, Any]
+
+
+def between(low: int | str, high: int | str) -> Message:
+    """The problem of a whole number out of its range (also for use cases' own checks)."""
+    return Message(N_("must be between %(low)s and %(high)s."), {"low": low, "high": high})
+
+
+def at_most(limit: int) -> Message:
+    """The problem of a text longer than `limit` characters."""
+    return Message(N_("must be at most %(n)s characters."), {"n": limit})
 
 
 def text(
@@ -21,23 +32,23 @@ def text(
 ) -> str | None:
     if field not in values or values[field] is None:
         if required:
-            raise InvalidInput(field, "is required.")
+            raise InvalidInput(field, N_("is required."))
         return None
     value = values[field]
     if not isinstance(value, str):
-        raise InvalidInput(field, "must be a string.")
+        raise InvalidInput(field, N_("must be a string."))
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidInput(field, "must be valid Unicode text.") from None
+        raise InvalidInput(field, N_("must be valid Unicode text.")) from None
     if "\x00" in value:
-        raise InvalidInput(field, "must not contain NUL characters.")
+        raise InvalidInput(field, N_("must not contain NUL characters."))
     if strip:
         value = value.strip()
     if not allow_blank and not value.strip():
-        raise InvalidInput(field, "must not be empty.")
+        raise InvalidInput(field, N_("must not be empty."))
     if len(value) > max_len:
-        raise InvalidInput(field, f"must be at most {max_len} characters.")
+        raise InvalidInput(field, at_most(max_len))
     return value
 
 
@@ -54,12 +65,12 @@ def number(values: Values, field: str, *, low: float, high: float) -> float | No
         return None
     value = values[field]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(field, "must be a number.")
+        raise InvalidInput(field, N_("must be a number."))
     # math.isfinite would overflow on a huge integer literal; ints are finite anyway.
     if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidInput(field, "must be a number.")
+        raise InvalidInput(field, N_("must be a number."))
     if not low <= value <= high:
-        raise InvalidInput(field, f"must be between {low:g} and {high:g}.")
+        raise InvalidInput(field, between(f"{low:g}", f"{high:g}"))
     return float(value)
 
 
@@ -68,7 +79,7 @@ def boolean(values: Values, field: str, default: bool = False) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise InvalidInput(field, "must be true or false.")
+        raise InvalidInput(field, N_("must be true or false."))
     return value
 
 
@@ -79,9 +90,9 @@ def integer(values: Values, field: str, *, low: int, high: int) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(field, "must be a whole number.")
+        raise InvalidInput(field, N_("must be a whole number."))
     if not low <= value <= high:
-        raise InvalidInput(field, f"must be between {low} and {high}.")
+        raise InvalidInput(field, between(low, high))
     return value
 
 
@@ -89,21 +100,22 @@ def username(values: Values) -> str:
     value = required_text(values, "username", max_len=32)
     if not USERNAME.match(value):
         raise InvalidInput("username",
-                           "must be 3–32 characters of letters, digits, '_', '.' or '-'.")
+                           N_("must be 3–32 characters of letters, digits, '_', '.' or '-'."))
     return value
 
 
 def email(values: Values, required: bool = True) -> str | None:
     value = text(values, "email", max_len=254, required=required, strip=True)
     if value is not None and not EMAIL.match(value):
-        raise InvalidInput("email", "must be an email address like name@example.com.")
+        raise InvalidInput("email", N_("must be an email address like name@example.com."))
     return value
 
 
 def password(values: Values) -> str:
     value = required_text(values, "password", max_len=1024)
-    if len(value) < 8:
-        raise InvalidInput("password", "must be at least 8 characters.")
+    if len(value) < MIN_PASSWORD:
+        raise InvalidInput("password", Message(N_("must be at least %(n)s characters."),
+                                                {"n": MIN_PASSWORD}))
     return value
 
 
@@ -114,7 +126,7 @@ def whole_number(raw: str | None, field: str, default: int, low: int, high: int)
     try:
         value = int(raw.strip())
     except ValueError:
-        raise InvalidInput(field, "must be a whole number.") from None
+        raise InvalidInput(field, N_("must be a whole number.")) from None
     if not low <= value <= high:
-        raise InvalidInput(field, f"must be between {low} and {high}.")
+        raise InvalidInput(field, between(low, high))
     return value

@@ -23,7 +23,7 @@ from app.inference.registry import ModelFile
 from app.services import Services
 from app.streaming import follow_session
 from app.usecases import chats, fields
-from app.usecases.errors import InvalidInput, NotFound, Unavailable
+from app.usecases.errors import N_, InvalidInput, Message, NotFound, Unavailable
 from domain.sessions import auto_title
 
 API_ORIGIN = "api"
@@ -118,8 +118,8 @@ def _stop(raw: Any) -> tuple[str, ...]:
         return ()
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, list) or len(items) > MAX_STOP_STRINGS:
-        raise InvalidInput("stop", f"must be a string or a list of at most "
-                                   f"{MAX_STOP_STRINGS} strings.")
+        raise InvalidInput("stop", Message(N_("must be a string or a list of at most %(n)s"
+                                              " strings."), {"n": MAX_STOP_STRINGS}))
     checked = [fields.text({"stop": item}, "stop", max_len=MAX_STOP_CHARS) for item in items]
     return tuple(item for item in checked if item)
 
@@ -152,7 +152,8 @@ def chat_request(services: Services, values: Mapping[str, Any]) -> Request:
         if role == "developer":  # OpenAI's newer name for the system role
             role = "system"
         if role not in ROLES:
-            raise InvalidInput(f"{name}.role", f"must be one of {', '.join(ROLES)}.")
+            raise InvalidInput(f"{name}.role", Message(N_("must be one of %(choices)s."),
+                                                       {"choices": ", ".join(ROLES)}))
         content = _content(message.get("content"), f"{name}.content", s.max_message_chars)
         if role == "system":
             system.append(content)
@@ -162,8 +163,9 @@ def chat_request(services: Services, values: Mapping[str, Any]) -> Request:
         raise InvalidInput("messages", "the last message must be the user's.")
     system_prompt = "\n\n".join(system) if system else s.default_system_prompt
     if len(system_prompt) > s.max_system_prompt_chars:
-        raise InvalidInput("messages", f"the system prompt must be at most "
-                                       f"{s.max_system_prompt_chars} characters.")
+        raise InvalidInput("messages", Message(N_("the system prompt must be at most %(n)s"
+                                                  " characters."),
+                                               {"n": s.max_system_prompt_chars}))
     max_field = "max_completion_tokens" if values.get("max_tokens") is None else "max_tokens"
     return Request(kind=CHAT_COMPLETIONS, prompt=turns[-1][1], system_prompt=system_prompt,
                    sampling=_sampling(services, values, max_field, allow_seed_stop=True),
@@ -357,7 +359,7 @@ def raise_if_failed(end: End) -> None:
                           end.error_message or "The generation failed.",
                           chats.QUEUE_RETRY_SECONDS)
     if end.outcome == "interrupted":
-        raise Unavailable("interrupted", "The server stopped while generating.",
+        raise Unavailable("interrupted", N_("The server stopped while generating."),
                           chats.QUEUE_RETRY_SECONDS)
 
 

@@ -13,7 +13,7 @@ import anyio
 from app.security import hash_password, token_hash, verify_password
 from app.services import Services
 from app.usecases import accounts, fields
-from app.usecases.errors import InvalidInput
+from app.usecases.errors import N_, InvalidInput
 from projections import messages as messages_read
 
 USAGE_DAYS = 30
@@ -35,9 +35,9 @@ async def change_password(services: Services, user_id: str, token: str | None,
     new = fields.password({"password": values.get("new_password")})
     user = await services.command(services.chat.get_user, UUID(user_id))
     if not await anyio.to_thread.run_sync(verify_password, user.password_hash, current):
-        raise InvalidInput("current_password", "is wrong.")
+        raise InvalidInput("current_password", N_("is wrong."))
     if new == current:
-        raise InvalidInput("new_password", "must differ from the current password.")
+        raise InvalidInput("new_password", N_("must differ from the current password."))
     password_hash = await anyio.to_thread.run_sync(hash_password, new)
     kept = token_hash(token) if token else None
     position = await services.command(services.chat.change_password, UUID(user_id),
@@ -49,7 +49,7 @@ async def daily_usage(services: Services, user_id: str, days: int = USAGE_DAYS,
                       today: date | None = None) -> list[DayUsage]:
     """One entry per UTC day, oldest first, the last being today; quiet days are zeros."""
     if not 1 <= days <= MAX_USAGE_DAYS:
-        raise InvalidInput("days", f"must be between 1 and {MAX_USAGE_DAYS}.")
+        raise InvalidInput("days", fields.between(1, MAX_USAGE_DAYS))
     last = today or datetime.now(UTC).date()
     first = last - timedelta(days=days - 1)
     counts = await messages_read.daily_usage(services.read_db, user_id, first.isoformat())

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import aiosqlite
 import anyio
 
-from app.usecases.errors import InvalidInput
+from app.usecases import fields
+from app.usecases.errors import N_, InvalidInput
 from projections import search as search_read
 from projections.vectors import VectorIndex
 
@@ -56,18 +57,18 @@ class Hit:
 def query_text(q: str | None) -> str:
     """The query as searched: stripped, non-empty, at most MAX_QUERY_CHARS."""
     if q is None or not q.strip():
-        raise InvalidInput("q", "must not be empty.")
+        raise InvalidInput("q", N_("must not be empty."))
     if "\x00" in q:
-        raise InvalidInput("q", "must not contain NUL characters.")
+        raise InvalidInput("q", N_("must not contain NUL characters."))
     q = " ".join(q.split())
     if len(q) > MAX_QUERY_CHARS:
-        raise InvalidInput("q", f"must be at most {MAX_QUERY_CHARS} characters.")
+        raise InvalidInput("q", fields.at_most(MAX_QUERY_CHARS))
     return q
 
 
 def check_limit(limit: int) -> int:
     if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput("limit", f"must be between 1 and {MAX_LIMIT}.")
+        raise InvalidInput("limit", fields.between(1, MAX_LIMIT))
     return limit
 
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.usecases.errors import InvalidInput
+from app.usecases.errors import N_, InvalidInput
 from app.usecases.import_formats import chatgpt, openwebui, ours
 from app.usecases.import_formats.common import ImportedChat, Limits, check_count, join
 
 __all__ = ["ImportedChat", "Limits", "parse"]
 
-UNKNOWN = ("must be a LocalChat session export, an Open WebUI chat export or a ChatGPT"
-           " conversations.json.")
+UNKNOWN = N_("must be a LocalChat session export, an Open WebUI chat export or a ChatGPT"
+             " conversations.json.")
 
 
 def parse(document: Any, limits: Limits) -> tuple[str, list[ImportedChat]]:

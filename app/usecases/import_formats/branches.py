@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.usecases.errors import InvalidInput
+from app.usecases.errors import N_, InvalidInput
+from app.usecases.errors import Message as Problem
 from app.usecases.import_formats.common import join
 
 
@@ -30,8 +31,9 @@ def resolve(places: list[Place]) -> list[dict[str, Any]]:
     index: dict[int | str, int] = {}
     for i, place in enumerate(places):
         if place.id in index:
-            raise InvalidInput(_at(i, "id"), f"must be unique: messages[{index[place.id]}]"
-                               " has the same id.")
+            raise InvalidInput(_at(i, "id"), Problem(N_("must be unique: messages[%(other)s] has"
+                                                        " the same id."),
+                                                     {"other": index[place.id]}))
         index[place.id] = i
     resolved: list[dict[str, Any]] = []
     tip: int | None = None  # the last user message of the current branch so far
@@ -41,24 +43,28 @@ def resolve(places: list[Place]) -> list[dict[str, Any]]:
         if first is not None:
             if place.role != "user":
                 raise InvalidInput(_at(i, "version_of"),
-                                   "must be null: only a user message has versions.")
+                                   N_("must be null: only a user message has versions."))
             if places[first].version_of is not None:
-                raise InvalidInput(_at(i, "version_of"), f"must name the first version:"
-                                   f" messages[{first}] is itself a version of another.")
+                raise InvalidInput(_at(i, "version_of"), Problem(
+                    N_("must name the first version: messages[%(first)s] is itself a version"
+                       " of another."), {"first": first}))
             if parent != resolved[first]["parent"]:
-                raise InvalidInput(_at(i, "parent"), f"must be the parent of messages[{first}],"
-                                   " the message this one is a version of.")
+                raise InvalidInput(_at(i, "parent"), Problem(
+                    N_("must be the parent of messages[%(first)s], the message this one is a"
+                       " version of."), {"first": first}))
         if place.role == "user":
             if place.on_branch and parent != tip:
-                raise InvalidInput(_at(i, "on_branch"), "must be false: the current branch"
-                                   " is one path, and this message does not continue it.")
+                raise InvalidInput(_at(i, "on_branch"), N_(
+                    "must be false: the current branch is one path, and this message does"
+                    " not continue it."))
             if place.on_branch:
                 tip = i
         else:
             answered = True if parent is None else resolved[parent]["on_branch"]
             if place.on_branch != answered:
-                raise InvalidInput(_at(i, "on_branch"), f"must be {str(answered).lower()},"
-                                   " as for the message it answers.")
+                raise InvalidInput(_at(i, "on_branch"), Problem(
+                    N_("must be %(value)s, as for the message it answers."),
+                    {"value": str(answered).lower()}))
         resolved.append({"parent": parent, "version_of": first, "on_branch": place.on_branch})
     return resolved
 
@@ -69,13 +75,15 @@ def _earlier_user(places: list[Place], index: dict[int | str, int], i: int, name
         return None
     found = index.get(target)
     if found is None:
-        raise InvalidInput(_at(i, name), f"names no message of this document ({target!r}).")
+        raise InvalidInput(_at(i, name), Problem(
+            N_("names no message of this document (%(target)s)."), {"target": repr(target)}))
     if found >= i:
-        raise InvalidInput(_at(i, name), "must name a message before this one (so the"
-                           " messages cannot form a cycle).")
+        raise InvalidInput(_at(i, name), N_("must name a message before this one (so the"
+                                            " messages cannot form a cycle)."))
     if places[found].role != "user":
-        raise InvalidInput(_at(i, name), f"must name a user message; messages[{found}] is"
-                           f" an {places[found].role} message.")
+        raise InvalidInput(_at(i, name), Problem(
+            N_("must name a user message; messages[%(found)s] is an %(role)s message."),
+            {"found": found, "role": places[found].role}))
     return found
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.usecases.errors import InvalidInput
+from app.usecases.errors import N_, InvalidInput
+from app.usecases.errors import Message as Problem
 from app.usecases.import_formats.common import (
     ROLES,
     Draft,
@@ -74,14 +75,16 @@ def _branch(conversation: Conversation, path: str) -> list[str]:
         while leaf is not None and mapping[leaf].children:
             leaf = mapping[leaf].children[-1]
             if leaf not in mapping:
-                raise InvalidInput(join(path, "mapping"), f"has no node {leaf!r}.")
+                raise InvalidInput(join(path, "mapping"), Problem(N_("has no node %(id)s."),
+                                                                  {"id": repr(leaf)}))
     ids: list[str] = []
     seen: set[str] = set()
     while leaf is not None:
         if leaf not in mapping:
-            raise InvalidInput(join(path, "mapping"), f"has no node {leaf!r}.")
+            raise InvalidInput(join(path, "mapping"), Problem(N_("has no node %(id)s."),
+                                                              {"id": repr(leaf)}))
         if leaf in seen:
-            raise InvalidInput(join(path, "mapping"), "its parent links form a loop.")
+            raise InvalidInput(join(path, "mapping"), N_("its parent links form a loop."))
         seen.add(leaf)
         ids.append(leaf)
         leaf = mapping[leaf].parent

@@ -9,7 +9,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.usecases.errors import InvalidInput
+from app.usecases import fields
+from app.usecases.errors import N_, InvalidInput, Message, Text
 from projections.base import iso
 
 ROLES = ("user", "assistant")
@@ -76,31 +77,32 @@ def loc_path(prefix: str, loc: tuple[str | int, ...]) -> str:
     return path or "document"
 
 
-def _problem(error: Any) -> str:
+def _problem(error: Any) -> Text:
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind == "missing":
-        return "is required."
+        return N_("is required.")
     if kind == "extra_forbidden":
-        return "is not a field of this format."
+        return N_("is not a field of this format.")
     if kind == "literal_error":
-        return "must be " + str(ctx.get("expected", "")).replace("'", "") + "."
+        return Message(N_("must be %(choices)s."),
+                       {"choices": str(ctx.get("expected", "")).replace("'", "")})
     if kind in ("string_type", "string_sub_type"):
-        return "must be a string."
+        return N_("must be a string.")
     if kind in ("int_type", "int_from_float"):
-        return "must be a whole number."
+        return N_("must be a whole number.")
     if kind in ("float_type", "finite_number"):
-        return "must be a number."
+        return N_("must be a number.")
     if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return "must be an object."
+        return N_("must be an object.")
     if kind == "list_type":
-        return "must be a list."
+        return N_("must be a list.")
     if kind == "too_long":
-        return f"must have at most {ctx.get('max_length')} items."
+        return Message(N_("must have at most %(n)s items."), {"n": str(ctx.get("max_length"))})
     if kind == "greater_than_equal":
-        return f"must be at least {ctx.get('ge')}."
+        return Message(N_("must be at least %(n)s."), {"n": str(ctx.get("ge"))})
     if kind == "less_than_equal":
-        return f"must be at most {ctx.get('le')}."
-    return str(error["msg"]) + "."
+        return Message(N_("must be at most %(n)s."), {"n": str(ctx.get("le"))})
+    return str(error["msg"]) + "."  # pydantic's own English: no template to translate
 
 
 def invalid(error: ValidationError, prefix: str = "") -> InvalidInput:
@@ -114,13 +116,13 @@ def text(path: str, value: str, max_len: int, allow_blank: bool = True) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidInput(path, "must be valid Unicode text.") from None
+        raise InvalidInput(path, N_("must be valid Unicode text.")) from None
     if "\x00" in value:
-        raise InvalidInput(path, "must not contain NUL characters.")
+        raise InvalidInput(path, N_("must not contain NUL characters."))
     if not allow_blank and not value.strip():
-        raise InvalidInput(path, "must not be empty.")
+        raise InvalidInput(path, N_("must not be empty."))
     if len(value) > max_len:
-        raise InvalidInput(path, f"must be at most {max_len} characters.")
+        raise InvalidInput(path, fields.at_most(max_len))
     return value
 
 
@@ -129,7 +131,8 @@ def iso_time(path: str, value: str) -> str:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidInput(path, "must be an ISO-8601 time like 2026-01-02T03:04:05Z.") from None
+        raise InvalidInput(
+            path, N_("must be an ISO-8601 time like 2026-01-02T03:04:05Z.")) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return iso(moment)
@@ -141,15 +144,16 @@ def epoch_time(path: str, value: float) -> str:
     try:
         return iso(datetime.fromtimestamp(seconds, UTC))
     except (OverflowError, OSError, ValueError):
-        raise InvalidInput(path, "must be a time in seconds since 1970.") from None
+        raise InvalidInput(path, N_("must be a time in seconds since 1970.")) from None
 
 
 def check_chat(chat: ImportedChat, limits: Limits) -> ImportedChat:
     """The server's limits on a parsed chat, each failure naming its path."""
     if len(chat.messages) > limits.messages:
         raise InvalidInput(join(chat.path, "messages"),
-                           f"holds {len(chat.messages)} messages; at most {limits.messages}"
-                           " can be imported per chat.")
+                           Message(N_("holds %(count)s messages; at most %(n)s can be imported"
+                                      " per chat."),
+                                   {"count": len(chat.messages), "n": limits.messages}))
     text(join(chat.path, "title"), chat.title, limits.title_chars)
     for message in chat.messages:
         text(join(message.path, "content"), message.content, limits.message_chars,
@@ -159,5 +163,6 @@ def check_chat(chat: ImportedChat, limits: Limits) -> ImportedChat:
 
 def check_count(count: int, limits: Limits) -> None:
     if count > limits.chats:
-        raise InvalidInput("document", f"holds {count} chats; at most {limits.chats}"
-                           " can be imported at once.")
+        raise InvalidInput("document", Message(N_("holds %(count)s chats; at most %(n)s can be"
+                                                  " imported at once."),
+                                               {"count": count, "n": limits.chats}))

@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.usecases.errors import InvalidInput
+from app.usecases.errors import N_, InvalidInput
+from app.usecases.errors import Message as Problem
 from app.usecases.import_formats.common import (
     ROLES,
     Draft,
@@ -71,9 +72,10 @@ def _branch(chat: Chat, path: str) -> list[tuple[str, Message]]:
     current: str | None = history.currentId
     while current is not None:
         if current not in history.messages:
-            raise InvalidInput(base, f"has no message {current!r}.")
+            raise InvalidInput(base, Problem(N_("has no message %(id)s."),
+                                             {"id": repr(current)}))
         if current in seen:
-            raise InvalidInput(base, "its parentId links form a loop.")
+            raise InvalidInput(base, N_("its parentId links form a loop."))
         seen.add(current)
         message = history.messages[current]
         found.append((join(base, current), message))

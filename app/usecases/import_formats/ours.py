@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.usecases.errors import InvalidInput
+from app.usecases.errors import N_, InvalidInput
+from app.usecases.errors import Message as Problem
 from app.usecases.import_formats.branches import Place, resolve
 from app.usecases.import_formats.common import (
     Draft,
@@ -86,13 +87,15 @@ def parse(document: dict[str, Any], limits: Limits) -> ImportedChat:
     version = document.get("version")
     if document.get("format") == FORMAT and (type(version) is not int
                                              or version not in READS):
-        raise InvalidInput("version", f"must be 1 or 2 (this server reads version 1 and 2"
-                           f" documents; got {version!r}).")
+        raise InvalidInput("version", Problem(
+            N_("must be 1 or 2 (this server reads version 1 and 2 documents; got"
+               " %(version)s)."), {"version": repr(version)}))
     messages = document.get("messages")
     if isinstance(messages, list) and len(messages) > limits.messages:
         # Before the item checks, so a huge list is refused without reading it all.
-        raise InvalidInput("messages", f"holds {len(messages)} messages; at most"
-                           f" {limits.messages} can be imported per chat.")
+        raise InvalidInput("messages", Problem(
+            N_("holds %(count)s messages; at most %(n)s can be imported per chat."),
+            {"count": len(messages), "n": limits.messages}))
     schema = BranchedDocument if version == 2 else Document
     try:
         parsed = schema.model_validate(document)
@@ -121,5 +124,5 @@ def parse(document: dict[str, Any], limits: Limits) -> ImportedChat:
         return check_chat(chat, limits)
     except InvalidInput as error:
         if error.field == "title":
-            raise InvalidInput("session.title", error.problem) from None
+            raise InvalidInput("session.title", error.problem_text) from None
         raise
