@@ -76,11 +76,13 @@ class EventIndexProjection(BatchProjection):
         # rolled back would otherwise leave numbers here that the tables do not have).
         self._types: dict[str, int] = {}
         self._users: dict[UUID, int] = {}
-        self._owners: dict[UUID, int] = {}
-        self._fields: dict[str, str | None] = {}  # event type -> _user_field(type)
+        self._owners: dict[int, int] = {}  # by chat id's `.int` (UUID hashes in Python)
+        # event class -> (its name, its number, `_user_field`); emptied with the numbers
+        self._classes: dict[type, tuple[str, int, str | None]] = {}
 
     def clear(self, db: sqlite3.Connection) -> None:
         super().clear(db)
+        self._classes.clear()
         self._types.clear()
         self._users.clear()
         self._owners.clear()
@@ -91,31 +93,35 @@ class EventIndexProjection(BatchProjection):
                            " (SELECT COUNT(*) FROM event_owners)").fetchone()
         if sizes == (len(self._types), len(self._users), len(self._owners)):
             return
+        self._classes = {}
         self._types = {name: i for i, name in db.execute("SELECT id, name FROM event_types")}
         self._users = {UUID(u): i for i, u in db.execute("SELECT id, user_id FROM event_users")}
-        self._owners = {UUID(o): u for o, u in db.execute("SELECT * FROM event_owners")}
+        self._owners = {UUID(o).int: u for o, u in db.execute("SELECT * FROM event_owners")}
 
     def apply(self, db: sqlite3.Connection, event: Any, position: int) -> None:
         raise TypeError(f"{self.name} is applied by batches: use apply_batch")
 
     def apply_batch(self, db: sqlite3.Connection, batch: Batch) -> None:
         self._load(db)
-        types, users, owners, fields = self._types, self._users, self._owners, self._fields
+        types, users, owners = self._types, self._users, self._owners
+        classes = self._classes
         new_types, new_users, new_owners, rows = [], [], [], []
         row = db.execute("SELECT at FROM event_index ORDER BY position DESC LIMIT 1").fetchone()
         latest = row[0] if row else 0
         for record, decoded in batch:
             event: Any = decoded  # every event of ours is an eventsourcing DomainEvent
-            kind = type(event).__qualname__
-            code = types.get(kind)
-            if code is None:
-                code = types[kind] = len(types) + 1
-                new_types.append((code, kind))
-            field = fields.get(kind, "?")
-            if field == "?":
-                field = fields[kind] = self._user_field(kind)
+            cls = type(event)
+            known = classes.get(cls)
+            if known is None:  # per class, not per event: its name, number and user field
+                kind = cls.__qualname__
+                code = types.get(kind)
+                if code is None:
+                    code = types[kind] = len(types) + 1
+                    new_types.append((code, kind))
+                known = classes[cls] = (kind, code, self._user_field(kind))
+            kind, code, field = known
             if field is None:  # a chat's event: its owner's
-                user = owners.get(event.originator_id)
+                user = owners.get(event.originator_id.int)
             elif not field:  # nobody's
                 user = None
             else:
@@ -125,9 +131,11 @@ class EventIndexProjection(BatchProjection):
                     user = users[user_id] = len(users) + 1
                     new_users.append((user, str(user_id)))
                 if kind == "ChatSession.Started":
-                    owners[event.originator_id] = user
+                    owners[event.originator_id.int] = user
                     new_owners.append((str(event.originator_id), user))
-            stamp = time_key(event.timestamp)
+            moment = event.timestamp
+            stamp = ((moment - EPOCH) // ONE_MICROSECOND if moment.tzinfo is not None
+                     else time_key(moment))
             if stamp > latest:
                 latest = stamp
             rows.append((record.id, code, user, latest))

@@ -17,10 +17,11 @@ hex digits), T the topic in UTF-8 and state the stored bytes.
 This projection hashes the *stored record*, not the decoded event: a decoded event hides
 edits that decode alike (whitespace in the JSON, a field the class ignores), and it may
 change shape by upcasting while the bytes stay the same. So it is a `BatchProjection`: the
-runner hands it the records it read from the recorder (`select_notifications`, i.e. the
-rows of `stored_events`: rowid, originator_id, originator_version, topic, state) rather
-than only the decoded events. It reads no other table and nothing but the log, so it is an
-ordinary projection: a rebuild from position 0 writes the same rows.
+runner hands it the records it read from the store (the rows of `stored_events`: rowid,
+originator_id, originator_version, topic, state; read directly or through the library's
+`select_notifications`) rather than only the decoded events. It reads no other table and
+nothing but the log, so it is an ordinary projection: a rebuild from position 0 writes the
+same rows.
 
 Once a position is hashed, the runner never reads it again, so an edit made later to the
 SQLite file no longer matches the chain: `verify` (app/audit/chain.py) recomputes the chain
@@ -75,15 +76,29 @@ class HashChainProjection(BatchProjection):
         raise TypeError(f"{self.name} is applied by batches: use apply_batch")
 
     def apply_batch(self, db: sqlite3.Connection, batch: Batch) -> None:
-        """Extend the chain by the batch's records (in log order, after the chain's head)."""
+        """Extend the chain by the batch's records (in log order, after the chain's head).
+
+        `record_bytes` inlined: this loop runs once per event of a rebuild. A record the
+        runner read directly has its id as the stored hex text already."""
         _, previous = head(db)
         rows = []
         for record, _event in batch:
-            previous = sha256(previous + record_bytes(
-                record.id, record.originator_id, record.originator_version, record.topic,
-                record.state)).digest()
+            oid = record.originator_id
+            oid_bytes = (oid if type(oid) is str else _hex(oid)).encode()
+            body = record.state
+            if type(body) is not bytes:
+                body = body.encode() if isinstance(body, str) else bytes(body)
+            pos, version, name = (b"%d" % record.id, b"%d" % record.originator_version,
+                                  record.topic.encode())
+            previous = sha256(previous + b"%d:%s %d:%s %d:%s %d:%s %d:" % (
+                len(pos), pos, len(oid_bytes), oid_bytes, len(version), version,
+                len(name), name, len(body)) + body).digest()
             rows.append((record.id, previous))
         db.executemany("INSERT INTO hash_chain (position, hash) VALUES (?, ?)", rows)
+
+
+def _hex(originator_id: UUID | str) -> str:
+    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
 
 
 def head(db: sqlite3.Connection) -> tuple[int, bytes]:

@@ -44,29 +44,60 @@ class MessagesProjection(BatchProjection):
     CREATE INDEX IF NOT EXISTS messages_by_status ON messages (status);
     """
 
+    # Events whose handlers neither read nor write an existing reply's text or token
+    # count: a reply's pending token batches need not be written before them.
+    TOKEN_NEUTRAL = frozenset({
+        "ChatSession.UserMessagePosted", "ChatSession.UserMessageEdited",
+        "ChatSession.MessageImported", "ChatSession.ReplyQueued",
+        "ChatSession.ReplyStarted"})
+
+    def __init__(self) -> None:
+        self._handlers: dict[type, Any] = {}  # event class -> its on_* handler, or None
+
     def apply_batch(self, db: sqlite3.Connection, batch: Batch) -> None:
-        """Event by event, except that a reply's token batches in a row become one UPDATE
-        (a rebuild is mostly tokens); any other event first writes the tokens before it."""
-        pending: dict[str, tuple[list[str], int]] = {}
+        """Event by event, except for a reply's token batches: they are gathered and
+        written as one UPDATE per reply, before the first event that reads or rewrites
+        that text (a rebuild is mostly tokens). A reply completed within the batch gets
+        its whole text from `ReplyCompleted`, so its token batches are not written at all.
+        """
+        # reply_id.int (UUIDs hash in Python) -> reply_id, its texts, its tokens
+        pending: dict[int, tuple[Any, list[str], int]] = {}
+        handlers = self._handlers
         for record, event in batch:
             e: Any = event
-            if type(e).__qualname__ == "ChatSession.TokensGenerated":
-                texts, count = pending.get(str(e.reply_id), ([], 0))
-                texts.append(e.text)
-                pending[str(e.reply_id)] = (texts, count + e.token_count)
+            kind = type(e)
+            handler = handlers.get(kind, self)
+            if handler is self:
+                handler = handlers[kind] = getattr(
+                    self, "on_" + kind.__qualname__.replace(".", "_"), None)
+            if handler is None:
+                continue
+            name = kind.__qualname__
+            if name == "ChatSession.TokensGenerated":
+                reply = e.reply_id.int
+                gathered = pending.get(reply)
+                if gathered is None:
+                    pending[reply] = (e.reply_id, [e.text], e.token_count)
+                else:
+                    gathered[1].append(e.text)
+                    pending[reply] = (e.reply_id, gathered[1], gathered[2] + e.token_count)
                 continue
             if pending:
-                self._add_tokens(db, pending)
-            self.apply(db, event, record.id)
+                if name == "ChatSession.ReplyCompleted":
+                    pending.pop(e.reply_id.int, None)  # its content and count replace them
+                elif name not in self.TOKEN_NEUTRAL:
+                    self._add_tokens(db, pending)
+            handler(db, e, record.id)
         if pending:
             self._add_tokens(db, pending)
 
     def _add_tokens(self, db: sqlite3.Connection,
-                    pending: dict[str, tuple[list[str], int]]) -> None:
+                    pending: dict[int, tuple[Any, list[str], int]]) -> None:
         db.executemany(
             "UPDATE messages SET content = content || ?, token_count = token_count + ?"
             " WHERE id = ?",
-            [("".join(texts), count, reply_id) for reply_id, (texts, count) in pending.items()])
+            [("".join(texts), count, str(reply_id))
+             for reply_id, texts, count in pending.values()])
         pending.clear()
 
     def on_ChatSession_UserMessagePosted(self, db: sqlite3.Connection, e: Any, pos: int) -> None:

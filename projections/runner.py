@@ -1,9 +1,13 @@
 """Follows the event log and applies it to every projection, one thread, one writer.
 
 eventsourcing's SQLite recorder cannot `subscribe`, so the runner is woken after each
-commit (and polls every second as a fallback), then reads `select_notifications` from the
-lowest position any projection has applied. Each projection's rows and its position are
-written in the same transaction, so a crash never applies an event twice or skips one.
+commit (and polls every second as a fallback), then reads the log from the lowest position
+any projection has applied. Each projection's rows and its position are written in the
+same transaction, so a crash never applies an event twice or skips one.
+
+The log is read through `projections.stored_rows.open_source`: the store's rows read and
+decoded directly where it knows the store (SQLite on a file), the library's
+`select_notifications` and mapper anywhere else; both give the same events.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import Notification
 
 from projections.base import Projection
 from projections.batch import BatchProjection
@@ -27,11 +31,15 @@ from projections.hashchain import HashChainProjection
 from projections.messages import MessagesProjection
 from projections.search import SearchProjection
 from projections.sessions import SessionsProjection
+from projections.stored_rows import Event, LogSource, StoredRecord, open_source
 from projections.users import UsersProjection
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
+# Events per transaction while far behind (a rebuild, a start after a long stop): fewer
+# commits, and a reply's token batches more often start and end in one read.
+CATCH_UP_BATCH = 5000
 # Batches a rebuild replays per pass while the server runs (the live log goes between).
 REBUILD_CHUNK = 20
 POLL_SECONDS = 1.0
@@ -87,8 +95,11 @@ class ProjectionRunner:
         application: Application,
         path: Path,
         projections: Sequence[Projection] | None = None,
+        source: LogSource | None = None,
     ) -> None:
         self._application = application
+        # How the log is read: by default the fastest way this store allows.
+        self._source: LogSource = source or open_source(application)
         self.path = path
         self._projections = {p.name: p for p in (projections or all_projections())}
         set_aside_if_corrupt(path)
@@ -174,6 +185,7 @@ class ProjectionRunner:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._db.close()
+        self._source.close()
         with self._reader_lock:
             self._reader.close()
 
@@ -215,8 +227,9 @@ class ProjectionRunner:
         """Apply everything committed so far; returns the lowest position reached."""
         with self._lock:
             self._apply_rebuilds()
-            while self._apply_batch() == BATCH_SIZE:
-                pass
+            size = BATCH_SIZE
+            while self._apply_batch(size) == size:
+                size = CATCH_UP_BATCH  # behind: bigger reads until the head
             low = min(self._positions_locked().values())
         with self._applied_changed:
             self._applied = max(self._applied, low)
@@ -263,18 +276,20 @@ class ProjectionRunner:
         limit = self.rebuild_chunk
         try:
             passes = 0
+            # Offline, a rebuild reads big batches; online, small ones (the live log and
+            # its writers wait between passes).
+            size = CATCH_UP_BATCH if limit is None else BATCH_SIZE
             while limit is None or passes < limit:
-                notifications = self._application.recorder.select_notifications(
-                    fresh.position, BATCH_SIZE, inclusive_of_start=False)
-                if notifications:
+                records, events = self._source.read(fresh.position, size)
+                if records:
                     fresh.db.execute("BEGIN")
-                    _apply_to(fresh.db, fresh.projections, self._application,
-                              dict.fromkeys(fresh.names, fresh.position), notifications)
+                    _apply_to(fresh.db, fresh.projections,
+                              dict.fromkeys(fresh.names, fresh.position), records, events)
                     fresh.db.execute("COMMIT")
-                    fresh.position = notifications[-1].id
+                    fresh.position = records[-1].id
                     self.rebuild_progress = dict.fromkeys(fresh.names, fresh.position)
                     passes += 1
-                if len(notifications) < BATCH_SIZE:
+                if len(records) < size:
                     self._swap_in(fresh)
                     return
             self._wakeup.set()  # more to do: the next pass continues after the live log
@@ -301,10 +316,10 @@ class ProjectionRunner:
                     self._db.execute("UPDATE projection_positions SET position = ?"
                                      " WHERE name = ?", (fresh.position, name))
                 while True:  # what the live log gained since the fresh copy's last pass
-                    positions, notifications = self._next_batch()
-                    if notifications:
-                        self._apply(positions, notifications)
-                    if len(notifications) < BATCH_SIZE:
+                    positions, records, events = self._next_batch(BATCH_SIZE)
+                    if records:
+                        self._apply(positions, records, events)
+                    if len(records) < BATCH_SIZE:
                         break
                 self._db.execute("COMMIT")
             except BaseException:
@@ -319,52 +334,86 @@ class ProjectionRunner:
                  " file, then swapped in)", ", ".join(fresh.names),
                  min(self._positions_locked().values()))
 
-    def _next_batch(self) -> tuple[dict[str, int], Sequence[Notification]]:
+    def _next_batch(self, size: int
+                    ) -> tuple[dict[str, int], Sequence[StoredRecord], list[Event]]:
         positions = self._positions_locked()
-        notifications = self._application.recorder.select_notifications(
-            min(positions.values()), BATCH_SIZE, inclusive_of_start=False
-        )
-        return positions, notifications
+        records, events = self._source.read(min(positions.values()), size)
+        return positions, records, events
 
-    def _apply(self, positions: dict[str, int], notifications: Sequence[Notification]) -> None:
+    def _apply(self, positions: dict[str, int], records: Sequence[StoredRecord],
+               events: list[Event]) -> None:
         """Apply one batch to every projection that has not seen it (inside a transaction)."""
-        _apply_to(self._db, self._projections, self._application, positions, notifications)
+        _apply_to(self._db, self._projections, positions, records, events)
         for name, applied in positions.items():
             self._db.execute(
                 "UPDATE projection_positions SET position = ? WHERE name = ?",
-                (max(applied, notifications[-1].id), name),
+                (max(applied, records[-1].id), name),
             )
 
-    def _apply_batch(self) -> int:
-        positions, notifications = self._next_batch()
-        if not notifications:
+    def _apply_batch(self, size: int = BATCH_SIZE) -> int:
+        positions, records, events = self._next_batch(size)
+        if not records:
             return 0
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._apply(positions, notifications)
+            self._apply(positions, records, events)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return len(notifications)
+        return len(records)
 
 
 def _apply_to(db: sqlite3.Connection, projections: dict[str, Projection],
-              application: Application, positions: dict[str, int],
-              notifications: Sequence[Notification]) -> None:
-    """Apply a batch to each projection that has not seen it, in `db` (no positions)."""
-    mapper = application.mapper
-    events = [(n.id, mapper.to_domain_event(n)) for n in notifications]
+              positions: dict[str, int], records: Sequence[StoredRecord],
+              events: list[Event]) -> None:
+    """Apply a batch to each projection that has not seen it, in `db` (no positions).
+
+    Projections of `on_*` handlers that are all at the same position go through the batch
+    together, in one pass: most events (token batches) concern none of them, and looking
+    each event's class up once, not once per projection, is what that costs then."""
+    first = records[0].id
+    whole = list(zip(records, events, strict=True))
+    plain: list[Projection] = []
     for name, projection in projections.items():
         applied = positions[name]
+        pairs = whole if applied < first else [
+            (r, e) for r, e in zip(records, events, strict=True) if r.id > applied]
         if isinstance(projection, BatchProjection):  # one call, records and events
-            projection.apply_batch(db, [
-                (n, e) for n, (_, e) in zip(notifications, events, strict=True)
-                if n.id > applied])
+            projection.apply_batch(db, pairs)
+        elif type(projection).apply is Projection.apply and pairs is whole:
+            plain.append(projection)
         else:
-            for position, event in events:
-                if position > applied:
-                    projection.apply(db, event, position)
+            for record, event in pairs:
+                projection.apply(db, event, record.id)
+    if plain:
+        _apply_handlers(db, plain, whole)
+
+
+def _apply_handlers(db: sqlite3.Connection, projections: list[Projection],
+                    batch: list[tuple[StoredRecord, Event]]) -> None:
+    """Each event to the `on_*` handlers the projections have for its class, in log order
+    (each projection sees its events in order; they write tables of their own)."""
+    key = tuple(projections)
+    found = _HANDLERS.get(key)
+    if found is None:
+        if len(_HANDLERS) >= 32:  # runners come and go (tests, rebuilds): stay small
+            _HANDLERS.clear()
+        found = _HANDLERS[key] = {}
+    for record, event in batch:
+        kind = type(event)
+        handlers = found.get(kind)
+        if handlers is None:
+            method = "on_" + kind.__qualname__.replace(".", "_")
+            handlers = found[kind] = tuple(
+                handler for p in projections
+                if (handler := getattr(p, method, None)) is not None)
+        for handler in handlers:
+            handler(db, event, record.id)
+
+
+# (projections) -> event class -> their handlers for it.
+_HANDLERS: dict[tuple[Projection, ...], dict[type, tuple[Any, ...]]] = {}
 
 
 def _copy_columns(db: sqlite3.Connection, table: str) -> str:
