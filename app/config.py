@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     # Saved KV state of chats that lost their slot, under DATA_DIR/kv-cache, at most this.
     kv_cache_bytes: int = Field(default=1 << 30, ge=0)
 
+    # A remote engine instead of the in-process model: OpenAI-compatible servers' base URLs
+    # (comma-separated; each serves ENGINE_PARALLEL replies at once), the bearer token they
+    # take, the model to ask for (empty: the first their /v1/models lists).
+    engine_url: str = ""
+    engine_api_key: str = Field(default="", repr=False)
+    engine_parallel: int = Field(default=4, ge=1)
+    engine_model: str = ""
+
     # Security.
     token_ttl_days: int = Field(default=30, ge=1)
     login_max_failures: int = Field(default=5, ge=1)

@@ -22,7 +22,8 @@ from app.event_store import event_store_env
 from app.inference.actor import InferenceActor, Tuning
 from app.inference.batched_engine import BatchedEngine
 from app.inference.engine import Engine
-from app.inference.registry import ModelRegistry, parse_paths
+from app.inference.registry import ModelFile, ModelRegistry, parse_paths
+from app.inference.remote_engine import RemoteEngine, parse_urls
 from app.inference.switching import ModelSwitcher
 from app.metrics import Metrics
 from app.read_connection import connect_read
@@ -97,7 +98,10 @@ class Services:
 
     @cached_property
     def switcher(self) -> ModelSwitcher:
-        return ModelSwitcher(self.actor, lambda path: build_engine(self.settings, path))
+        build = lambda path: build_engine(self.settings, path)  # noqa: E731
+        if self.settings.engine_url:
+            return _FixedModel(self.actor, build)
+        return ModelSwitcher(self.actor, build)
 
     @property
     def model_loaded(self) -> bool:
@@ -183,8 +187,20 @@ def start_vectors(services: Services) -> None:
     services.vector_follower.start()
 
 
+class _FixedModel(ModelSwitcher):
+    """With a remote engine the servers decide the model: replies never switch it."""
+
+    async def ensure(self, model: ModelFile) -> None:
+        return None
+
+
 def build_engine(settings: Settings, path: Path) -> Engine:
-    """The engine for one model file (at startup, and when a reply switches models)."""
+    """The engine for one model file (at startup, and when a reply switches models), or
+    the remote servers of ENGINE_URL (then `path` is not used)."""
+    urls = parse_urls(settings.engine_url)
+    if urls:
+        return RemoteEngine(urls, settings.engine_api_key, settings.engine_parallel,
+                            settings.engine_model, settings.n_ctx)
     return BatchedEngine(
         path, n_ctx=settings.n_ctx, n_parallel=settings.n_parallel,
         n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
@@ -196,7 +212,7 @@ def build_engine(settings: Settings, path: Path) -> Engine:
 async def load_model(services: Services) -> None:
     settings = services.settings
     # Users see only that the model is missing; its path and the error go to the log.
-    if not settings.model_path.is_file():
+    if not settings.engine_url and not settings.model_path.is_file():
         services.actor.load_error = "The model file is missing; ask the administrator."
         log.error("No model file at %s. Run 'make model' or set MODEL_PATH.",
                   settings.model_path)

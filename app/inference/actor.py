@@ -416,6 +416,7 @@ class InferenceActor:
         handle = engine.submit(GenerationRequest(
             prompt.tokens, flight.params, key=str(job.session_id),
             timeout=self._tuning.timeout, first_token_timeout=self._tuning.first_token_timeout,
+            turns=prompt.turns,
         ), lambda event: self._events.put((flight, event)))
         with self._lock:
             flight.handle = handle

@@ -40,9 +40,12 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class PreparedPrompt:
-    tokens: list[int]
+    tokens: list[int]  # a remote engine's are placeholders, as many as it estimates
     dropped_turns: int
     max_tokens: int  # the reply budget that fits beside the prompt
+    # The fitted conversation (system turn first), for an engine that takes messages, not
+    # tokens (a remote server); in-process engines leave it empty.
+    turns: tuple[Turn, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ class GenerationRequest:
     key: str | None = None  # the chat: its KV state is kept between turns under this key
     timeout: float | None = None  # seconds from submit until the reply must be complete
     first_token_timeout: float | None = None  # seconds from submit until its first token
+    turns: tuple[Turn, ...] = ()  # the prompt as messages, for a remote engine (see engine.py)
 
 
 @dataclass(frozen=True)
