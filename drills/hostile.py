@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlparse
+from urllib.parse import quote, urlencode, urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -272,19 +272,23 @@ def import_document(p: Payload) -> Any:
     stamp = "2026-11-25T00:00:00Z"
     title = p.tagged if fits(p.tagged, TITLE_CHARS) else p.tag
     if p.n % 3 == 0:
+        def message(i: int, role: str, text: str, parent: int | None, on_branch: bool,
+                    **more: Any) -> dict[str, Any]:
+            return {"id": i, "role": role, "content": f"{p.tag} {text}", "timestamp": stamp,
+                    "parent": parent, "on_branch": on_branch, **more}
         return {
-            "format": "localchat.session", "version": 1,
+            "format": "localchat.session", "version": 2,
             "session": {"title": title},
             "config": {"system_prompt": p.tagged},
-            "messages": [
-                {"role": "user", "content": f"{p.tag} 질문 {p.text}", "timestamp": stamp},
-                {"role": "assistant", "content": f"{p.tag} 답변 {p.text}", "timestamp": stamp,
-                 "metadata": {"model": p.text,
-                              "model_params": {"recalled_message_ids": [p.text]}}},
-                {"role": "user", "content": f"{p.tag} 다시", "timestamp": stamp},
-                {"role": "assistant", "content": f"{p.tag} 실패 {p.text}", "timestamp": stamp,
-                 "status": "failed",
-                 "metadata": {"error": {"code": p.text[:40], "message": p.tagged}}},
+            "messages": [  # an edited first message: its earlier version has a page
+                message(0, "user", f"예전 질문 {p.text}", None, False),
+                message(1, "assistant", f"예전 답변 {p.text}", 0, False),
+                message(2, "user", f"질문 {p.text}", None, True, version_of=0),
+                message(3, "assistant", f"답변 {p.text}", 2, True, metadata={
+                    "model": p.text, "model_params": {"recalled_message_ids": [p.text]}}),
+                message(4, "user", "다시", 2, True),
+                message(5, "assistant", f"실패 {p.text}", 4, True, status="failed",
+                        metadata={"error": {"code": p.text[:40], "message": p.tagged}}),
             ],
         }
     if p.n % 3 == 1:
@@ -325,10 +329,11 @@ def seed(url: str, payloads: list[Payload]) -> Seeded:
 # -- the page checks --------------------------------------------------------------------------
 
 
-def signed_in(browser: Browser, observer: Observer, url: str, api: Api, csp: bool
+def signed_in(browser: Browser, observer: Observer, url: str, api: Api | None, csp: bool
               ) -> tuple[BrowserContext, Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.add_cookies([{"name": "session", "value": api.token or "", "url": url}])
+    if api is not None:
+        context.add_cookies([{"name": "session", "value": api.token or "", "url": url}])
     context.add_init_script(PROBE)
     if not csp:
         context.route("**/*", _without_csp)
@@ -355,6 +360,10 @@ def check_chat_pages(page: Page, observer: Observer, url: str, seeded: Seeded) -
     for n, session_id in seeded.imported.items():
         visit(page, observer, f"{url}/chats/{session_id}", "import (title, prompt, replies)",
               "chat page", {n})
+        earlier = page.locator("a.versions__prev")
+        if earlier.count():
+            visit(page, observer, url + str(earlier.first.get_attribute("href")),
+                  "import (title, prompt, replies)", "earlier version page", {n})
     # The sidebar of any chat page lists the newest titles of all of them.
     visit(page, observer, f"{url}/chats/{seeded.live_session}", "titles", "sidebar")
 
@@ -390,6 +399,17 @@ def check_live_composer(page: Page, observer: Observer, url: str, seeded: Seeded
     observer.current = None
     visit(page, observer, f"{url}/chats/{seeded.live_session}", "typed (live stream)",
           "chat page, reloaded")
+    # A reply finishing in another chat pops a toast naming that chat (the page's second
+    # stream, app/pages/signals.py).
+    tally = observer.row("title in a toast", "reply finished elsewhere")
+    observer.current = tally
+    for p in payloads[::every]:
+        title = p.tagged if fits(p.tagged, TITLE_CHARS) else p.tag
+        other = seeded.victim.new_session(title=title, max_tokens=1)
+        seeded.victim.post_message(other["id"], "안녕")
+        page.locator(".toast--notice", has_text=p.tag).wait_for(timeout=120_000)
+        scan(page, tally, {p.n})
+    observer.current = None
 
 
 STREAM_SNAPSHOTS = """
@@ -503,6 +523,20 @@ def check_search(page: Page, observer: Observer, url: str, seeded: Seeded,
         page.wait_for_timeout(50)
         scan(page, tally, {p.n})
     observer.current = None
+
+
+def check_urls(pages: dict[str, Page], observer: Observer, url: str,
+               payloads: list[Payload]) -> None:
+    """Payloads in the URL itself: path parameters (error pages) and the sign-in page's
+    `next`, which it keeps in the form."""
+    for p in payloads:
+        quoted = quote(p.tagged, safe="")
+        visit(pages["victim"], observer, f"{url}/chats/{quoted}", "URL (reflected)",
+              "chat page path (error page)", {p.n})
+        visit(pages["admin"], observer, f"{url}/admin/sessions/{quoted}", "URL (reflected)",
+              "admin timeline path (error page)", {p.n})
+        visit(pages["anonymous"], observer, f"{url}/login?next=" + quote("/" + p.tagged),
+              "URL (reflected)", "sign-in next=", {p.n})
 
 
 def check_display_names(pages: dict[str, Page], observer: Observer, url: str,
@@ -639,7 +673,7 @@ def run_pass(browser: Browser, url: str, seeded: Seeded, payloads: list[Payload]
     contexts = {}
     pages = {}
     for who, api in (("victim", seeded.victim), ("namer", seeded.namer),
-                     ("admin", seeded.admin)):
+                     ("admin", seeded.admin), ("anonymous", None)):
         contexts[who], pages[who] = signed_in(browser, observer, url, api, csp)
     try:
         steps: list[tuple[str, Callable[[], None]]] = [
@@ -651,6 +685,7 @@ def run_pass(browser: Browser, url: str, seeded: Seeded, payloads: list[Payload]
             ("display names", lambda: check_display_names(pages, observer, url, seeded,
                                                           payloads)),
             ("admin", lambda: check_admin(pages["admin"], observer, url, seeded, payloads)),
+            ("urls", lambda: check_urls(pages, observer, url, payloads)),
             ("control", lambda: check_control(pages["victim"], observer, url, seeded,
                                               control)),
         ]

@@ -1,14 +1,15 @@
 """Hostile content drill, quick version (issue 7; drills/hostile.py runs the whole corpus).
 
 A handful of payloads from drills/xss_payloads.txt through every text path: a session
-title, a message, a display name, imported chats (ours with reply metadata and a system
-prompt, Open WebUI, ChatGPT), Markdown replies (loaded, and every state of one streaming),
-search queries (reflected, and snippets with highlights), and the admin event browser
-(payloads pretty-printed, and its reflected filters), user list and timeline. Rendered in
-chromium with the production CSP, checked by machine: no dialog, no `window.__pwned`, no
-request to the counting URL, no CSP violation (nothing got through escaping for the CSP
-to block), no live markup in the DOM; and every payload's tag is on the page it should be
-on. A control inserts a payload unescaped and must be caught, so the checks can fail.
+title (sidebar, page, a toast), a message, a display name, imported chats (ours with reply
+metadata and a system prompt, Open WebUI, ChatGPT), Markdown replies (loaded, and every
+state of one streaming), search queries (reflected, and snippets with highlights), and the
+admin event browser (payloads pretty-printed, and its reflected filters), user list and
+timeline. Rendered in chromium with the production CSP, checked by machine: no dialog, no
+`window.__pwned`, no request to the counting URL, no CSP violation (nothing got through
+escaping for the CSP to block), no live markup in the DOM; and every payload's tag is on
+the page it should be on. A control inserts a payload unescaped and must be caught, so the
+checks can fail.
 """
 
 from __future__ import annotations
@@ -148,6 +149,11 @@ def test_no_payload_runs_or_lives_on_any_path(
     page.goto(f"{server.url}/chats/{imported_id}", wait_until="load")
     check(page, every, "chat page (imported replies)")
     assert page.locator(".message__error", has_text=payloads[3].tag).count() == 1
+    # A reply finishing in another chat: a toast names that chat.
+    elsewhere = user.new_session(title=payloads[7].tagged, max_tokens=1)
+    user.post_message(elsewhere["id"], "안녕")
+    page.locator(".toast--notice", has_text=payloads[7].tag).wait_for(timeout=120_000)
+    check(page, every, "toast naming another chat")
 
     # Every state of a reply streaming one payload after another, as the live page shows it.
     page.evaluate(STREAM_SNAPSHOTS, stream_snapshots(
