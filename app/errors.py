@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app.usecases.errors import (
+    N_,
     Conflict,
     Forbidden,
     InvalidInput,
@@ -69,6 +70,17 @@ async def http_error(request: Request, exc: Exception) -> Response:
         message = f"{request.method} is not allowed here" + (
             f"; use {allowed}." if allowed else ".")
     return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+
+STORAGE_RETRY_SECONDS = 30
+
+
+def storage_unavailable() -> Unavailable:
+    """What a user hears when the disk refuses a write (full, read-only, failing): the
+    store's transactions are atomic, so the failed change was not made."""
+    return Unavailable("storage_unavailable", N_(
+        "The server cannot save changes right now (its storage is full or read-only); "
+        "this change was not saved. Try again later."), STORAGE_RETRY_SECONDS)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from eventsourcing.persistence import OperationalError as StoreOperationalError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -30,8 +32,12 @@ from app.pages import signals as signals_page
 from app.pages.errors import http_error_page, use_case_error_page
 from app.security_headers import SecurityHeaders
 from app.services import start_services, stop_services
+from app.startup import OneLineStartupErrors, StartupError
+from app.storage import storage_problem, why
 from app.usecases import accounts as account_cases
 from app.usecases.errors import UseCaseError
+
+log = logging.getLogger(__name__)
 
 API_PREFIXES = ("/api/", "/healthz", "/metrics", "/v1/")
 
@@ -58,6 +64,15 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return http_error_page(request, exc)
 
 
+async def on_storage_error(request: Request, exc: Exception) -> Response:
+    """The disk refusing a write (full, read-only) is 503 `storage_unavailable`; another
+    error of these classes is a 500, answered here so the connection stays open."""
+    if storage_problem(exc):
+        log.error("storage refused %s %s: %s", request.method, request.url.path, why(exc))
+        return await on_use_case_error(request, errors.storage_unavailable())
+    return await on_server_error(request, exc)
+
+
 async def on_server_error(request: Request, exc: Exception) -> Response:
     if openai_compat.is_openai(request):
         return await openai_compat.openai_error(request, exc)
@@ -69,8 +84,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services = await start_services(settings)
-        await account_cases.restore_sign_in_throttle(services)
+        try:
+            services = await start_services(settings)
+            await account_cases.restore_sign_in_throttle(services)
+        except Exception as error:  # a full or read-only disk found while starting
+            if not storage_problem(error):
+                raise
+            raise StartupError(f"DATA_DIR {settings.data_dir} refused a write while starting"
+                               f" ({why(error)}); free space or make it writable, then "
+                               "start again.") from error
         app.state.services = services
         try:
             yield
@@ -89,12 +111,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(SecurityHeaders, hsts=settings.cookie_secure),
+        middleware=[Middleware(OneLineStartupErrors),
+                    Middleware(SecurityHeaders, hsts=settings.cookie_secure),
                     Middleware(metrics_api.SseClientsMiddleware),
                     Middleware(i18n.LanguageMiddleware)],
         exception_handlers={
             UseCaseError: on_use_case_error,
             HTTPException: on_http_error,
+            StoreOperationalError: on_storage_error,
+            sqlite3.OperationalError: on_storage_error,
+            OSError: on_storage_error,
             Exception: on_server_error,
         },
     )

@@ -35,6 +35,8 @@ from app.security import (
     parse_networks,
     private_data_dir,
 )
+from app.startup import StartupError
+from app.storage import check_writable, why
 from app.usecases.errors import Unavailable
 from app.watch import ChangeWatch, PositionWatch, StreamCounter
 from domain.application import ChatApplication
@@ -114,6 +116,11 @@ class Services:
 
 
 async def start_services(settings: Settings) -> Services:
+    try:  # running as root, permission bits prove nothing: only a real write tells
+        check_writable(settings.data_dir)
+    except OSError as error:
+        raise StartupError(f"DATA_DIR {settings.data_dir} is not writable ({why(error)}); "
+                           "make it writable or set DATA_DIR, then start again.") from None
     private_data_dir(settings.data_dir)
     loop = asyncio.get_running_loop()
     chat = ChatApplication(env=event_store_env(settings))

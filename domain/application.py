@@ -8,6 +8,7 @@ version) key is the guard across processes.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -16,11 +17,13 @@ from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.persistence import IntegrityError, PersistenceError, Recording
 
 from domain.errors import DomainError, NotFound, UsernameTaken
 from domain.sessions import ChatSession
 from domain.users import AdminSeat, User, UsernameIndex
+
+log = logging.getLogger(__name__)
 
 HeadListener = Callable[[int], None]
 # (position, ids of the aggregates the commit changed): streams wake only for their own.
@@ -65,6 +68,15 @@ class ChatApplication(Application[UUID]):
 
     def head(self) -> int:
         return self.recorder.max_notification_id() or 0
+
+    def _take_snapshots(self, processing_event: Any) -> None:
+        """Snapshots are written after the events commit: one refused (a full disk) must
+        not make the committed save look failed, or callers would retry it or report it
+        lost. A missing snapshot only means a longer replay."""
+        try:
+            super()._take_snapshots(processing_event)
+        except PersistenceError as error:
+            log.warning("a snapshot was not saved (%s); its events are", error)
 
     def _save(self, *aggregates: Aggregate | None) -> int:
         recordings = self.save(*aggregates)

@@ -439,12 +439,17 @@ class InferenceActor:
                 try:
                     self._on_event(flight, event)
                 except Exception as error:
-                    log.exception("recording reply %s crashed", flight.job.reply_id)
-                    if flight.handle is not None:
-                        flight.handle.cancel()
-                    self._fail_after_crash(flight.job, error)
-                    self._land(flight)
+                    self._recording_crashed(flight, error)
             self._flush_due()
+
+    def _recording_crashed(self, flight: _Flight, error: Exception) -> None:
+        """The store refused a reply's record (a full or read-only disk): stop generating
+        it and end it as failed, keeping this thread alive for the other replies."""
+        log.exception("recording reply %s crashed", flight.job.reply_id)
+        if flight.handle is not None:
+            flight.handle.cancel()
+        self._fail_after_crash(flight.job, error)
+        self._land(flight)
 
     def _flush_due(self) -> None:
         """Tokens waiting longer than the flush interval go now, even with no new token."""
@@ -452,8 +457,14 @@ class InferenceActor:
             flights = list(self._flights.values())
         for flight in flights:
             batch = flight.batch
-            if (batch is not None and batch.due() and not batch.flush()
-                    and flight.handle is not None):
+            if batch is None or not batch.due():
+                continue
+            try:
+                still_open = batch.flush()
+            except Exception as error:
+                self._recording_crashed(flight, error)
+                continue
+            if not still_open and flight.handle is not None:
                 flight.handle.cancel()
 
     def _on_event(self, flight: _Flight, event: Event) -> None:
