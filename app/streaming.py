@@ -14,7 +14,7 @@ from uuid import UUID
 from app.event_log import LoggedEvent
 from app.services import Services
 from app.usecases import accounts
-from app.usecases.errors import RateLimited
+from app.usecases.errors import N_, Message, RateLimited
 
 READ_BATCH = 1000
 WAIT_SECONDS = 30.0
@@ -24,8 +24,9 @@ STREAMS_RETRY_SECONDS = 5
 def check_stream_cap(services: Services, user_id: str) -> None:
     """Refuse a new stream before its response starts (429), when the user has too many."""
     if services.streams.full(user_id):
-        raise RateLimited(f"Too many open streams (at most {services.streams.per_user}); "
-                          "close another tab.", STREAMS_RETRY_SECONDS)
+        raise RateLimited(Message(N_("Too many open streams (at most %(n)s); close another"
+                                     " tab."), {"n": services.streams.per_user}),
+                          STREAMS_RETRY_SECONDS)
 
 
 async def _still_signed_in(services: Services, user: Mapping[str, Any]) -> bool:

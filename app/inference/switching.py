@@ -21,7 +21,7 @@ import anyio
 from app.inference.actor import InferenceActor
 from app.inference.engine import Engine
 from app.inference.registry import ModelFile
-from app.usecases.errors import Unavailable
+from app.usecases.errors import N_, Message, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,17 @@ class ModelSwitcher:
         if engine is not None and engine.info.id == model.id:
             return
         if self.loading is not None:
-            raise Unavailable("model_not_loaded", f"The model {self.loading} is loading; "
-                              "try again shortly.", LOADING_RETRY_SECONDS)
+            raise Unavailable("model_not_loaded", Message(
+                N_("The model %(model)s is loading; try again shortly."),
+                {"model": self.loading}), LOADING_RETRY_SECONDS)
         if engine is None:  # no model at all (a failed start): nothing to switch from
             raise Unavailable("model_not_loaded", self._actor.load_error
                               or "The model is not loaded.", LOADING_RETRY_SECONDS)
         if self._actor.queue_depth or self._actor.generating or self._pending:
-            raise Unavailable("model_busy", f"The server is answering with {engine.info.id}; "
-                              f"switching to {model.id} waits until it is idle.",
-                              BUSY_RETRY_SECONDS)
+            raise Unavailable("model_busy", Message(
+                N_("The server is answering with %(current)s; switching to %(model)s waits"
+                   " until it is idle."), {"current": engine.info.id, "model": model.id}),
+                BUSY_RETRY_SECONDS)
         async with self._lock:
             await self._switch(engine, model)
 
@@ -79,12 +81,13 @@ class ModelSwitcher:
             await anyio.to_thread.run_sync(_close, old)
             try:
                 new = await anyio.to_thread.run_sync(self._build, model.path)
-            except Exception as error:
+            except Exception:
                 log.exception("loading %s failed; loading %s again", model.id, old.info.id)
                 await self._restore(old)
-                raise Unavailable("model_load_failed",
-                                  f"The model {model.id} could not be loaded: {error}",
-                                  LOADING_RETRY_SECONDS) from None
+                # The error names the file (a path): it stays in the log.
+                raise Unavailable("model_load_failed", Message(
+                    N_("The model %(model)s could not be loaded; ask the administrator."),
+                    {"model": model.id}), LOADING_RETRY_SECONDS) from None
             self._actor.engine = new
             self._actor.load_error = None
             log.info("switched model from %s to %s", old.info.id, model.id)
@@ -97,9 +100,9 @@ class ModelSwitcher:
             self._actor.engine = await anyio.to_thread.run_sync(
                 self._build, Path(old.info.path))
             self._actor.load_error = None
-        except Exception as error:  # the server keeps serving everything but replies
+        except Exception:  # the server keeps serving everything but replies
             log.exception("loading %s again failed", old.info.id)
-            self._actor.load_error = f"The model could not be loaded: {error}"
+            self._actor.load_error = "The model could not be loaded; ask the administrator."
 
 
 def _close(engine: Engine) -> None:
