@@ -37,7 +37,7 @@ from app.security import (
 )
 from app.startup import StartupError
 from app.storage import check_writable, why
-from app.usecases.errors import Unavailable
+from app.usecases.errors import N_, Unavailable
 from app.watch import ChangeWatch, PositionWatch, StreamCounter
 from domain.application import ChatApplication
 from domain.errors import DomainError
@@ -88,10 +88,10 @@ class Services:
         deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT
         while not await self.applied.wait_until(position, SETTLE_SLICE):
             if self.projections.failing:
-                raise Unavailable("read_models_failing", "The server cannot update its views"
-                                  " right now; your change is saved. Try again shortly.", 5)
+                raise Unavailable("read_models_failing", N_("The server cannot update its views"
+                                  " right now; your change is saved. Try again shortly."), 5)
             if asyncio.get_running_loop().time() >= deadline:
-                raise Unavailable("read_models_behind", "The server is busy; try again.", 1)
+                raise Unavailable("read_models_behind", N_("The server is busy; try again."), 1)
 
     @cached_property
     def models(self) -> ModelRegistry:

@@ -21,7 +21,7 @@ from eventsourcing.persistence import Mapper
 
 from app.audit.log import COLUMNS, decode, head, to_record
 from app.event_log import LoggedEvent
-from app.usecases.errors import InvalidInput
+from app.usecases.errors import N_, InvalidInput, Message
 from domain.sessions import ChatSession
 from domain.users import AdminSeat, User, UsernameIndex
 from projections.event_index import position_at
@@ -46,7 +46,8 @@ def resolve_type(name: str) -> list[str]:
     matches = [t for t in known_types() if name in (t, t.split(".", 1)[1])]
     if not matches:
         bare = sorted({t.split(".", 1)[1] for t in known_types()})
-        raise InvalidInput("type", f"{name!r} is no event type; known: " + ", ".join(bare))
+        raise InvalidInput("type", Message(N_("%(name)s is no event type; known: %(known)s"),
+                                           {"name": repr(name), "known": ", ".join(bare)}))
     return matches
 
 
@@ -60,8 +61,8 @@ def parse_time(text: str, field_name: str, now: datetime | None = None) -> datet
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidInput(field_name, "must be a time like 2026-11-24, 2026-11-24T09:30"
-                                       " or an age like 2h or 7d.") from None
+        raise InvalidInput(field_name, N_("must be a time like 2026-11-24, 2026-11-24T09:30"
+                                          " or an age like 2h or 7d.")) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
@@ -174,11 +175,12 @@ def user_by_name_or_id(db: sqlite3.Connection, mapper: Mapper[UUID], ref: str) -
         row = db.execute(f"SELECT {COLUMNS} FROM stored_events WHERE originator_id = ?"
                          " AND originator_version = 1", (index_id.hex,)).fetchone()
         if row is None:
-            raise InvalidInput("user", f"no user is called {ref!r}.") from None
+            raise InvalidInput("user", Message(N_("no user is called %(name)s."),
+                                               {"name": repr(ref)})) from None
         claimed: Any = decode(mapper, to_record(row)).event
         return UUID(str(claimed.user_id))
     row = db.execute("SELECT topic FROM stored_events WHERE originator_id = ?"
                      " AND originator_version = 1", (user_id.hex,)).fetchone()
     if row is None or not str(row[0]).endswith(":User.Registered"):
-        raise InvalidInput("user", f"no user has the id {ref}.")
+        raise InvalidInput("user", Message(N_("no user has the id %(id)s."), {"id": ref}))
     return user_id
