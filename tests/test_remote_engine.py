@@ -126,7 +126,7 @@ def test_remote_stopped_mid_reply_fails_it_clearly_and_the_next_one_works(
 
     assert seen[-1]["event"] == "error", seen[-1]
     error = seen[-1]["data"]
-    assert error["code"] == "engine_unavailable"
+    assert error["code"] == "engine_lost"
     assert error["message"] == remote_engine.LOST
     assert str(remote.port) not in error["message"] and "http" not in error["message"]
     stored = user.wait_reply(session["id"], reply_id, WAIT)
@@ -138,6 +138,7 @@ def test_remote_stopped_mid_reply_fails_it_clearly_and_the_next_one_works(
     down = user.post_message(session["id"], "지금은 서버가 꺼져 있나요?")
     events = read_reply(user, session["id"], down["reply"]["id"], down["last_event_id"])
     assert events[-1]["event"] == "error"
+    assert events[-1]["data"]["code"] == "engine_unreachable"
     assert events[-1]["data"]["message"] == remote_engine.UNREACHABLE
 
     remote.start()  # the same port, the same data: A's token still signs in
@@ -176,24 +177,31 @@ def test_cancel_on_the_front_cancels_the_remote_reply(front: ServerProcess,
 
 def test_several_urls_serve_one_queue_and_skip_one_that_is_down(
         remote: ServerProcess, remote_admin: Api) -> None:
-    """A URL where nothing listens is tried, refused, and the reply goes to the live one."""
+    """Two replies at once, one server place each: a URL where nothing listens is refused
+    and skipped, and the two live URLs (A, spelled twice) take one reply each."""
     assert remote_admin.token is not None
     dead = f"http://127.0.0.1:{free_port()}"
-    engine = RemoteEngine(parse_urls(f"{dead}, {remote.url}/v1/"), remote_admin.token,
-                          parallel=3)
+    engine = RemoteEngine(parse_urls(f"{dead}, {remote.url}, {remote.url}/v1/"),
+                          remote_admin.token, parallel=1)
     try:
-        assert engine.n_parallel == 6
+        assert engine.n_parallel == 3
         assert engine.info.id == "SmolLM2-135M-Instruct.Q4_1"
         prompt = engine.prepare("", [Turn("user", KOREAN)], 16)
-        events = run_job(engine, GenerationRequest(
-            prompt.tokens, GenerationParams(0.0, 1.0, prompt.max_tokens), turns=prompt.turns))
+        request = GenerationRequest(prompt.tokens, GenerationParams(0.0, 1.0, prompt.max_tokens),
+                                    turns=prompt.turns)
+        runs = [queue.Queue[Event]() for _ in range(2)]
+        for events in runs:
+            engine.submit(request, events.put)
+        ends = [drain(run) for run in runs]
+        served = [endpoint.served for endpoint in engine.endpoints]
     finally:
         engine.close()
-    assert isinstance(events[0], Started)
-    assert isinstance(events[-1], Done) and events[-1].reason in ("stop", "length")
-    text = "".join(e.text for e in events if isinstance(e, Text))
-    assert text.strip()
-    assert sum(e.tokens for e in events if isinstance(e, Text)) >= 1
+    assert served == [0, 1, 1]
+    for seen in ends:
+        assert isinstance(seen[0], Started)
+        assert isinstance(seen[-1], Done) and seen[-1].reason in ("stop", "length")
+        assert "".join(e.text for e in seen if isinstance(e, Text)).strip()
+        assert sum(e.tokens for e in seen if isinstance(e, Text)) >= 1
 
 
 def test_a_key_the_remote_refuses_fails_the_reply_without_internals(
@@ -206,7 +214,7 @@ def test_a_key_the_remote_refuses_fails_the_reply_without_internals(
             prompt.tokens, GenerationParams(0.0, 1.0, prompt.max_tokens), turns=prompt.turns))
     finally:
         engine.close()
-    assert events[-1] == Failed("generation_failed", remote_engine.REFUSED)
+    assert events[-1] == Failed("engine_refused", remote_engine.REFUSED)
 
 
 def run_job(engine: RemoteEngine, request: GenerationRequest,
@@ -217,6 +225,10 @@ def run_job(engine: RemoteEngine, request: GenerationRequest,
     if cancel_when is not None:
         assert cancel_when.wait(WAIT)
         job.cancel()
+    return drain(events)
+
+
+def drain(events: queue.Queue[Event]) -> list[Event]:
     seen: list[Event] = []
     while True:
         event = events.get(timeout=WAIT)
@@ -262,7 +274,7 @@ class Stub(http.server.ThreadingHTTPServer):
 
     def __init__(self, answer: str) -> None:
         self.answer = answer
-        self.asked = threading.Event()  # a completion was requested
+        self.asked = threading.Event()  # a hanging stream has begun
         self.closed = threading.Event()  # the client closed a hanging stream
         super().__init__(("127.0.0.1", 0), StubHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -291,7 +303,6 @@ class StubHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.asked.set()
         answer = self.server.answer
         if answer == "busy":
             self.send(503, {"error": {"message": "busy at http://internal:9/"}})
@@ -309,9 +320,10 @@ class StubHandler(http.server.BaseHTTPRequestHandler):
                     self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
                 return
-            self.wfile.write(b": waiting\n\n")
-            self.wfile.flush()
             try:
+                self.wfile.write(b": waiting\n\n")
+                self.wfile.flush()
+                self.server.asked.set()  # the client is reading the stream now
                 while True:  # nothing more until the client goes away
                     self.wfile.write(b": ping\n\n")
                     self.wfile.flush()
@@ -336,7 +348,7 @@ def stub_job(answer: str, **request: Any) -> tuple[Stub, list[Event]]:
 
 
 @pytest.mark.parametrize(("answer", "code", "message"), [
-    ("busy", "engine_unavailable", remote_engine.BUSY),
+    ("busy", "engine_busy", remote_engine.BUSY),
     ("too_long", "context_too_long", remote_engine.TOO_LONG),
 ])
 def test_refusals_become_clear_failures(answer: str, code: str, message: str) -> None:
@@ -374,7 +386,7 @@ def test_nothing_listening_is_unreachable() -> None:
                 [0], GenerationParams(0.5, 1.0, 16), turns=(Turn("user", KOREAN),)))
         finally:
             engine.close()
-    assert events[-1] == Failed("engine_unavailable", remote_engine.UNREACHABLE)
+    assert events[-1] == Failed("engine_unreachable", remote_engine.UNREACHABLE)
 
 
 def test_readme_lists_the_engine_settings() -> None:

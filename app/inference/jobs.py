@@ -55,7 +55,7 @@ MODEL_FAILED = "The model failed while writing this reply; the server log has th
 
 @dataclass(frozen=True)
 class Failed:
-    code: str  # "timeout", "context_too_long", "generation_failed"
+    code: str  # "timeout", "context_too_long", "generation_failed"; remote: "engine_..."
     message: str
 
 

@@ -73,7 +73,9 @@ CLOSE_SECONDS = 5.0  # how long close waits for running replies to end
 ERROR_BODY_BYTES = 2000  # of a refused request's body, for the log
 REMOTE_PROMPT_TEMPLATE = "remote"
 
-# What users are told; the URL and the remote's own words go to the server log.
+# What users are told, under the failure codes engine_unreachable, engine_lost, engine_busy,
+# engine_refused, context_too_long and generation_failed; the URL and the remote's own words
+# go to the server log.
 UNREACHABLE = "The inference server could not be reached; try again shortly."
 LOST = "The connection to the inference server was lost while writing this reply; try again."
 BUSY = "The inference server is busy; try again shortly."
@@ -140,6 +142,7 @@ def context_of(entry: dict[str, Any]) -> int | None:
 class Endpoint:
     base: str
     running: int = 0
+    served: int = 0  # replies it took (whatever their end)
     refused_at: float = -math.inf  # when a connection to it last failed
 
 
@@ -296,7 +299,7 @@ class RemoteEngine:
         job.emit(Started(len(request.prompt), 0, "none"))
         deadlines = [job.submitted + t for t in (request.timeout, request.first_token_timeout)
                      if t is not None]
-        outcome = Failed("engine_unavailable", UNREACHABLE)
+        outcome = Failed("engine_unreachable", UNREACHABLE)
         try:
             async with asyncio.timeout_at(min(deadlines, default=None)) as scope:
                 tried: set[int] = set()
@@ -306,6 +309,7 @@ class RemoteEngine:
                     endpoint.running += 1
                     try:
                         outcome = await self._exchange(job, endpoint, scope)
+                        endpoint.served += 1
                         break
                     except (httpx.ConnectError, httpx.ConnectTimeout) as error:
                         # Nothing was sent: the next server may take it.
@@ -350,7 +354,7 @@ class RemoteEngine:
             raise
         except (httpx.HTTPError, Lost) as error:
             log.warning("inference server %s: reply %s lost: %r", endpoint.base, job.id, error)
-            return Failed("engine_unavailable", LOST)
+            return Failed("engine_lost", LOST)
         except ValueError as error:  # a chunk that is not JSON
             log.warning("inference server %s: unreadable stream: %r", endpoint.base, error)
             return Failed("generation_failed", REMOTE_FAILED)
@@ -411,7 +415,7 @@ async def _refused(endpoint: Endpoint, response: httpx.Response) -> Failed:
     log.warning("inference server %s answered %d: %s", endpoint.base, response.status_code,
                 raw.decode("utf-8", errors="replace"))
     if response.status_code in (429, 503):
-        return Failed("engine_unavailable", BUSY)
+        return Failed("engine_busy", BUSY)
     try:
         error = json.loads(raw).get("error")
     except (ValueError, AttributeError):
@@ -420,7 +424,7 @@ async def _refused(endpoint: Endpoint, response: httpx.Response) -> Failed:
         return Failed("context_too_long", TOO_LONG)
     if response.status_code >= 500:
         return Failed("generation_failed", REMOTE_FAILED)
-    return Failed("generation_failed", REFUSED)
+    return Failed("engine_refused", REFUSED)
 
 
 def _too_long(error: dict[str, Any]) -> bool:
