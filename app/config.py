@@ -15,6 +15,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     data_dir: Path = Path("data")
+    # Empty: the SQLite file DATA_DIR/events.sqlite; `postgresql://...`: that database.
+    event_store: str = ""
     model_path: Path = DEFAULT_MODEL
     models_dir: Path = Path("models")  # every *.gguf here is listed (the model registry)
     model_paths: str = ""  # more GGUF files or directories, separated by commas or colons

@@ -17,8 +17,7 @@ import anyio
 
 from app.config import Settings
 from app.conversations import ConversationReader
-from app.event_log import EventLog
-from app.event_store import event_store_env
+from app.event_store import EventLogReader, event_store_env, open_event_log
 from app.inference.actor import InferenceActor, Tuning
 from app.inference.batched_engine import BatchedEngine
 from app.inference.engine import Engine
@@ -58,7 +57,7 @@ class Services:
     chat: ChatApplication
     projections: ProjectionRunner
     read_db: aiosqlite.Connection
-    event_log: EventLog
+    event_log: EventLogReader
     head: PositionWatch
     applied: PositionWatch
     actor: InferenceActor
@@ -136,7 +135,7 @@ async def start_services(settings: Settings) -> Services:
     runner.start()
 
     read_db = await connect_read(settings.read_model_path)
-    event_log = await EventLog.open(settings.event_store_path, chat.mapper)
+    event_log = await open_event_log(settings, chat)
     conversations = ConversationReader(chat, runner, settings.read_model_path, settings.n_ctx)
     actor = InferenceActor(chat, conversations, Tuning(
         max_queue=settings.max_queue, timeout=settings.generation_timeout,

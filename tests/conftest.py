@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
+from tests.postgres import PostgresCluster, require_binaries
 from tests.server import CHROMIUM, CHROMIUM_FLAGS, ROOT, Api, ServerProcess
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -20,8 +21,33 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("shared-server")).start()
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster, started the first time a test needs it."""
+    require_binaries()
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def store(request: pytest.FixtureRequest) -> str:
+    """The servers' event store: "sqlite" unless the module runs on `both_stores`."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+def event_store_url(request: pytest.FixtureRequest, store: str) -> str:
+    """EVENT_STORE for a new server: empty (its SQLite file) or a database of its own."""
+    if store == "postgres":
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        return cluster.create_database()
+    return ""
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest,
+           store: str) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp(f"shared-server-{store}"),
+                            event_store_url(request, store)).start()
     yield process
     process.stop()
 
@@ -43,9 +69,10 @@ def user(anon: Api) -> Api:
 
 
 @pytest.fixture
-def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
+def fresh_server(tmp_path: Path, request: pytest.FixtureRequest,
+                 store: str) -> Iterator[ServerProcess]:
     """A server of its own, for tests that kill or restart it."""
-    process = ServerProcess(tmp_path / "data")
+    process = ServerProcess(tmp_path / "data", event_store_url(request, store))
     yield process
     process.stop()
 

@@ -32,11 +32,15 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    def __init__(self, data_dir: Path, event_store: str = "", **env: str) -> None:
         self.data_dir = data_dir
+        # Empty: the SQLite file in data_dir; else a postgresql:// URL (EVENT_STORE).
+        self.event_store = event_store
         # Every test user registers from 127.0.0.1: hundreds a minute, far past the
         # per-address sign-up throttle meant for strangers (tests of it set their own).
         self.env = {"REGISTER_MAX_PER_ADDRESS": "100000", **env}
+        if event_store:
+            self.env["EVENT_STORE"] = event_store
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / "server.log"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.postgres import both_stores
 from tests.server import Api, ServerProcess
 from tests.test_streaming import LONG_PROMPT, post, read_until_end
+
+pytestmark = both_stores
 
 
 def test_everything_survives_a_restart(fresh_server: ServerProcess) -> None:

@@ -1,0 +1,87 @@
+"""A throwaway PostgreSQL cluster for the tests: Debian's server binaries, `initdb` and
+`pg_ctl` in a temporary directory, listening only on a unix socket in that directory.
+
+PostgreSQL refuses to run as root; as root the cluster runs as `nobody` (via `setpriv`),
+which owns the directory. Without the binaries, `require_binaries` fails under CI (the
+`postgresql` package is part of `make test`) and skips elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+# A module's tests run on both event stores with `pytestmark = both_stores` (the `store`
+# fixture in conftest.py gives the servers their EVENT_STORE).
+STORES = ["sqlite", "postgres"]
+both_stores = pytest.mark.parametrize("store", STORES, indirect=True)
+
+BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+RUN_AS = "nobody"
+
+
+def require_binaries() -> None:
+    missing = [name for name in ("initdb", "pg_ctl", "postgres") if not (BIN / name).is_file()]
+    if not missing:
+        return
+    message = (f"PostgreSQL server binaries missing in {BIN} ({', '.join(missing)}): "
+               "install Debian's postgresql package (make postgres) or set PG_BIN")
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+class PostgresCluster:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="localchat-pg-"))
+        self.data = self.dir / "data"
+        self._prefix: list[str] = []
+        if os.geteuid() == 0:  # postgres will not run as root
+            user = pwd.getpwnam(RUN_AS)
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            self._prefix = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                            "--clear-groups", "env", f"HOME={self.dir}"]
+        self.started = False
+
+    def _run(self, *args: str) -> None:
+        done = subprocess.run([*self._prefix, *args], capture_output=True, text=True,
+                              cwd=self.dir, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:2])} failed: {done.stdout}{done.stderr}")
+
+    def start(self) -> PostgresCluster:
+        self._run(str(BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
+                  "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
+        # Only the socket in our directory; durability of a throwaway cluster is not tested.
+        options = (f"-k {self.dir} -c listen_addresses='' -c fsync=off"
+                   " -c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+        self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"),
+                  "-w", "-t", "60", "-o", options, "start")
+        self.started = True
+        return self
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@/{dbname}?host={self.dir}"
+
+    def create_database(self, prefix: str = "t") -> str:
+        """A new empty database; its URL."""
+        import psycopg
+
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url(), autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.started:
+            self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
+                      "stop")
+            self.started = False
+        shutil.rmtree(self.dir, ignore_errors=True)
