@@ -9,13 +9,20 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
-from tests.postgres import PostgresCluster, require_binaries
+from tests.postgres import STORES, PostgresCluster, require_binaries
 from tests.server import CHROMIUM, CHROMIUM_FLAGS, ROOT, Api, ServerProcess
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+            "both_stores"):
+        metafunc.parametrize("store", STORES, indirect=True)
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_stores: run on the SQLite and PostgreSQL stores")
     if not MODEL.is_file():
         raise pytest.UsageError(f"{MODEL} is missing: run 'make model' (make test does it).")
 
@@ -41,6 +48,19 @@ def event_store_url(request: pytest.FixtureRequest, store: str) -> str:
         cluster: PostgresCluster = request.getfixturevalue("postgres")
         return cluster.create_database()
     return ""
+
+
+@pytest.fixture
+def store_env(request: pytest.FixtureRequest, store: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of an in-process ChatApplication on this test's store (a SQLite file
+    in tmp_path, or a new PostgreSQL database)."""
+    if store == "postgres":
+        from app.config import Settings
+        from app.event_store import event_store_env
+
+        return event_store_env(Settings(event_store=event_store_url(request, store)))
+    return {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(tmp_path / "events.sqlite")}
 
 
 @pytest.fixture(scope="session")

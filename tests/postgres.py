@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-# A module's tests run on both event stores with `pytestmark = both_stores` (the `store`
-# fixture in conftest.py gives the servers their EVENT_STORE).
+# A module's tests run on both event stores with `pytestmark = both_stores`: each test that
+# uses the `store` fixture (directly, or through `server`, `fresh_server`, `store_env`) runs
+# once per store (conftest.py's pytest_generate_tests); tests that use none run once.
 STORES = ["sqlite", "postgres"]
-both_stores = pytest.mark.parametrize("store", STORES, indirect=True)
+both_stores = pytest.mark.both_stores
 
 BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 RUN_AS = "nobody"

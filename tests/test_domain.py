@@ -14,6 +14,7 @@ from domain.application import SNAPSHOT_INTERVAL, ChatApplication
 from domain.errors import NotFound, NothingToRegenerate, ReplyNotOpen, UsernameTaken
 from domain.sessions import AUTO_TITLE_CHARS, ChatSession, auto_title
 from domain.users import AdminSeat, User, UsernameIndex
+from tests.postgres import both_stores
 
 CONFIG = {"system_prompt": "Be brief.", "temperature": 0.5, "top_p": 0.9, "max_tokens": 32,
           "model": "test-model"}
@@ -29,9 +30,12 @@ def make_app(path: Path) -> ChatApplication:
                                 "SQLITE_DBNAME": str(path)})
 
 
+pytestmark = both_stores
+
+
 @pytest.fixture
-def chat(tmp_path: Path) -> Iterator[ChatApplication]:
-    app = make_app(tmp_path / "events.sqlite")
+def chat(store_env: dict[str, str]) -> Iterator[ChatApplication]:
+    app = ChatApplication(env=store_env)
     yield app
     app.close()
 

@@ -16,16 +16,20 @@ import projections.runner as runner_module
 from domain.application import ChatApplication
 from projections.base import Projection
 from projections.runner import ProjectionRunner, all_projections
+from tests.postgres import both_stores
 from tests.server import is_iso_utc
-from tests.test_domain import CONFIG, OUTCOME, make_app
+from tests.test_domain import CONFIG, OUTCOME
 
 Dump = dict[str, list[tuple[Any, ...]]]
 TABLES = [table for projection in all_projections() for table in projection.tables]
 
 
+pytestmark = both_stores
+
+
 @pytest.fixture
-def chat(tmp_path: Path) -> Iterator[ChatApplication]:
-    app = make_app(tmp_path / "events.sqlite")
+def chat(store_env: dict[str, str]) -> Iterator[ChatApplication]:
+    app = ChatApplication(env=store_env)
     yield app
     app.close()
 

@@ -9,6 +9,7 @@ million events every filter answers in milliseconds.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -90,6 +91,10 @@ class EventBrowser:
     def close(self) -> None:
         self.db.close()
 
+    def find_user(self, ref: str) -> UUID:
+        """A user id from a UUID or a username (InvalidInput if there is none)."""
+        return user_by_name_or_id(self.db, self.mapper, ref)
+
     def log_head(self) -> int:
         return head(self.db)
 
@@ -109,11 +114,32 @@ class EventBrowser:
         positions = self.positions(where, after, before, limit, newest_first)
         if not positions:
             return []
+        return [decode(self.mapper, to_record(row)) for row in self._rows(positions)]
+
+    # -- the parts that read the log itself (app/audit/browse_pg.py reads PostgreSQL) -----
+
+    def _rows(self, positions: list[int]) -> list[Any]:
         marks = ",".join("?" * len(positions))
-        rows = self.db.execute(
+        return self.db.execute(
             f"SELECT {COLUMNS} FROM log.stored_events WHERE rowid IN ({marks})"
             " ORDER BY rowid", positions).fetchall()
-        return [decode(self.mapper, to_record(row)) for row in rows]
+
+    def _log_positions(self, low: int, high: int, aggregate: UUID | None, limit: int,
+                       newest_first: bool) -> list[int]:
+        """Positions in [low, high] read from the log alone (no index filter)."""
+        sql = "SELECT rowid FROM log.stored_events WHERE rowid BETWEEN ? AND ?"
+        params: list[Any] = [low, high]
+        if aggregate is not None:
+            sql += " AND originator_id = ?"
+            params.append(aggregate.hex)
+        order = "DESC" if newest_first else "ASC"
+        rows = self.db.execute(f"{sql} ORDER BY rowid {order} LIMIT ?", [*params, limit])
+        return sorted(int(row[0]) for row in rows)
+
+    def _of_aggregate(self, aggregate: UUID, low: int, high: int) -> tuple[str, list[Any]]:
+        """An event_index condition: the position is one of this aggregate's events."""
+        return ("position IN (SELECT rowid FROM log.stored_events WHERE originator_id = ?)",
+                [aggregate.hex])
 
     def _time_bounds(self, where: EventFilter) -> tuple[int, int]:
         """The positions of the time range (`at` follows log order): a binary search each."""
@@ -127,11 +153,11 @@ class EventBrowser:
         bounds = self._time_bounds(where)
         low = max(after + 1, bounds[0])
         high = bounds[1] if before is None else min(before - 1, bounds[1])
-        if where.types or where.user is not None:
-            table, column = "event_index", "position"
-        else:
-            table, column = "log.stored_events", "rowid"
-        conditions = [f"{column} BETWEEN ? AND ?"]
+        if low > high:
+            return []
+        if not where.types and where.user is None:
+            return self._log_positions(low, high, where.aggregate, limit, newest_first)
+        conditions = ["position BETWEEN ? AND ?"]
         params: list[Any] = [low, high]
         if where.types:
             codes = self._codes("SELECT id FROM event_types WHERE name IN ({})", where.types)
@@ -146,18 +172,13 @@ class EventBrowser:
                 return []
             conditions.append("user = ?")
             params += codes
-        if where.aggregate is not None and table == "event_index":
-            conditions.append(
-                "position IN (SELECT rowid FROM log.stored_events WHERE originator_id = ?)")
-            params.append(where.aggregate.hex)
-        elif where.aggregate is not None:
-            conditions.append("originator_id = ?")
-            params.append(where.aggregate.hex)
+        if where.aggregate is not None:
+            condition, values = self._of_aggregate(where.aggregate, low, high)
+            conditions.append(condition)
+            params += values
         order = "DESC" if newest_first else "ASC"
-        sql = (f"SELECT {column} FROM {table} WHERE {' AND '.join(conditions)}"
-               f" ORDER BY {column} {order} LIMIT ?")
-        if low > high:
-            return []
+        sql = (f"SELECT position FROM event_index WHERE {' AND '.join(conditions)}"
+               f" ORDER BY position {order} LIMIT ?")
         return sorted(int(row[0]) for row in self.db.execute(sql, [*params, limit]))
 
     def _codes(self, sql: str, values: list[str]) -> list[int]:
@@ -168,19 +189,27 @@ class EventBrowser:
 
 def user_by_name_or_id(db: sqlite3.Connection, mapper: Mapper[UUID], ref: str) -> UUID:
     """A user id from a UUID or a username, read from the log (`db`: the event store)."""
+    def first(originator_id: UUID) -> Sequence[Any] | None:
+        row: Sequence[Any] | None = db.execute(
+            f"SELECT {COLUMNS} FROM stored_events WHERE originator_id = ?"
+            " AND originator_version = 1", (originator_id.hex,)).fetchone()
+        return row
+    return resolve_user(first, mapper, ref)
+
+
+def resolve_user(first: Callable[[UUID], Sequence[Any] | None], mapper: Mapper[UUID],
+                 ref: str) -> UUID:
+    """`user_by_name_or_id` for any store: `first(id)` reads an aggregate's first record."""
     try:
         user_id = UUID(ref)
     except ValueError:
-        index_id = UsernameIndex.create_id(ref)
-        row = db.execute(f"SELECT {COLUMNS} FROM stored_events WHERE originator_id = ?"
-                         " AND originator_version = 1", (index_id.hex,)).fetchone()
+        row = first(UsernameIndex.create_id(ref))
         if row is None:
             raise InvalidInput("user", Message(N_("no user is called %(name)s."),
                                                {"name": repr(ref)})) from None
         claimed: Any = decode(mapper, to_record(row)).event
         return UUID(str(claimed.user_id))
-    row = db.execute("SELECT topic FROM stored_events WHERE originator_id = ?"
-                     " AND originator_version = 1", (user_id.hex,)).fetchone()
-    if row is None or not str(row[0]).endswith(":User.Registered"):
+    row = first(user_id)
+    if row is None or not str(row[3]).endswith(":User.Registered"):
         raise InvalidInput("user", Message(N_("no user has the id %(id)s."), {"id": ref}))
     return user_id

@@ -21,9 +21,9 @@ class NoEventStore(Exception):
 
 def open_application(settings: Settings) -> ChatApplication:
     """The command application on the data directory's store (which must exist)."""
-    from app.event_store import event_store_env  # the server's own settings for the store
+    from app.event_store import event_store_env, is_postgres  # the server's own settings
 
-    if not settings.event_store_path.is_file():
+    if not is_postgres(settings) and not settings.event_store_path.is_file():
         raise NoEventStore(settings.event_store_path)
     return ChatApplication(env=event_store_env(settings))
 
@@ -31,7 +31,7 @@ def open_application(settings: Settings) -> ChatApplication:
 def mapper(settings: Settings) -> Mapper[UUID]:
     """The application's mapper (topics, transcodings, upcasting) without opening the file:
     read-only commands then work on a store they may not write to."""
-    from app.event_store import event_store_env
+    from app.event_store import mapper_env
 
-    app = ChatApplication(env={**event_store_env(settings), "SQLITE_DBNAME": ":memory:"})
-    return app.mapper
+    del settings  # the mapper is the same for every store
+    return ChatApplication(env=mapper_env()).mapper

@@ -16,6 +16,7 @@ from app.audit.backup import BackupError
 from app.audit.store import NoEventStore
 from app.cli import admin, archive, events, integrity, playback
 from app.cli.common import PROBLEM, USAGE, context, shared_options
+from app.event_store import SQLiteOnly, require_sqlite
 from app.usecases.errors import InvalidInput, UseCaseError
 from domain.errors import DomainError
 
@@ -48,11 +49,30 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+# Commands that read or copy the SQLite file itself, and what to do instead on PostgreSQL.
+SQLITE_ONLY = {
+    "backup": "use pg_dump (and copy DATA_DIR's read models and secret key)",
+    "restore": "use pg_restore into an empty database, then `localchat rebuild`",
+    "export": "not available yet",
+    "events": "use the admin event browser or GET /api/admin/events/",
+    "verify": "use `localchat replay` (the hash-chain check reads the file)",
+    "stats": "use the admin dashboard or GET /api/admin/stats/",
+    "replay-session": "use the admin time-travel page",
+    "disable-user": "use the admin pages", "enable-user": "use the admin pages",
+    "grant-admin": "use the admin pages", "revoke-admin": "use the admin pages",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     ctx = context(args)
     try:
+        if args.command in SQLITE_ONLY:
+            require_sqlite(ctx.settings, args.command, SQLITE_ONLY[args.command])
         return int(args.handler(ctx, args))
+    except SQLiteOnly as error:
+        ctx.warn(str(error))
+        return PROBLEM
     except InvalidInput as error:
         ctx.warn(f"{error.field}: {error.problem}")
         return USAGE

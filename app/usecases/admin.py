@@ -22,7 +22,6 @@ from app.audit.browse import (
     known_types,
     parse_time,
     resolve_type,
-    user_by_name_or_id,
 )
 from app.audit.event_view import event_view
 from app.event_log import LoggedEvent
@@ -55,8 +54,9 @@ async def _browse(services: Services, work: Callable[[EventBrowser], T]) -> T:
     settings = services.settings
 
     def run() -> T:
-        browser = EventBrowser(settings.read_model_path, settings.event_store_path,
-                               services.chat.mapper)
+        from app.audit.browse_pg import open_browser  # psycopg only for PostgreSQL
+
+        browser = open_browser(settings, services.chat)  # SQLite or PostgreSQL
         try:
             return work(browser)
         finally:
@@ -318,7 +318,7 @@ def _filter(browser: EventBrowser, query: EventQuery) -> EventFilter:
         except ValueError:
             raise InvalidInput("aggregate", N_("must be an aggregate id (a UUID).")) from None
     if query.user:
-        where.user = user_by_name_or_id(browser.db, browser.mapper, query.user)
+        where.user = browser.find_user(query.user)
     if query.since:
         where.since = parse_time(query.since, "since")
     if query.until:
