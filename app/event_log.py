@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -12,24 +12,74 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, StoredEvent
 
 from app.read_connection import connect_read
+from projections.stored_rows import FastDecoder, StoredRow
 
 
-@dataclass(frozen=True)
 class LoggedEvent:
-    position: int
-    event: DomainEventProtocol[UUID]
+    """An event at its log position. Read from the log (`EventLog`), it is decoded the
+    first time `event` is looked at: time travel folds a long chat without decoding the
+    token batches its answer does not depend on (app/usecases/timeline.py)."""
+
+    __slots__ = ("_decode", "_event", "_row", "position", "topic")
+
+    def __init__(self, position: int, event: DomainEventProtocol[UUID] | None = None, *,
+                 topic: str = "", row: Any = None,
+                 decode: Callable[[Any], DomainEventProtocol[UUID]] | None = None) -> None:
+        if event is None and (row is None or decode is None):
+            raise ValueError("a logged event needs its event, or its row and a decoder")
+        self.position = position
+        self.topic = topic or (_topic(type(event)) if event is not None else "")
+        self._event = event
+        self._row = row
+        self._decode = decode
+
+    @property
+    def event(self) -> DomainEventProtocol[UUID]:
+        if self._event is None:
+            assert self._decode is not None
+            self._event = self._decode(self._row)
+            self._row = self._decode = None
+        return self._event
+
+    @property
+    def kind(self) -> str:
+        """The event's class name without its aggregate's ("TokensGenerated"), from the
+        stored topic: known without decoding."""
+        return self.topic.rpartition(".")[2]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LoggedEvent):
+            return NotImplemented
+        return (self.position, self.event) == (other.position, other.event)
+
+    def __hash__(self) -> int:
+        return hash(self.position)
+
+    def __repr__(self) -> str:
+        return f"LoggedEvent(position={self.position!r}, event={self.event!r})"
+
+
+def _topic(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 class EventLog:
-    def __init__(self, db: aiosqlite.Connection, mapper: Mapper[UUID]) -> None:
+    def __init__(self, db: aiosqlite.Connection, mapper: Mapper[UUID],
+                 fast_decode: bool = True) -> None:
         self._db = db
         self._mapper = mapper
+        # The runner's faster decoder where the mapper allows it (same events: see
+        # projections/stored_rows.py); a long chat's first time-travel view decodes
+        # thousands of events. `fast_decode=False`: the mapper's own (benchmarks).
+        self._decoder = (FastDecoder(mapper) if fast_decode and FastDecoder.supports(mapper)
+                         else None)
 
     @classmethod
-    async def open(cls, path: Path, mapper: Mapper[UUID]) -> EventLog:
+    async def open(cls, path: Path, mapper: Mapper[UUID], fast_decode: bool = True
+                   ) -> EventLog:
         # Buffered, so one stream's query never pins another's snapshot (read_connection).
         db = await connect_read(f"file:{path}?mode=ro", uri=True, rows_by_name=False)
-        return cls(db, mapper)
+        return cls(db, mapper, fast_decode)
 
     async def close(self) -> None:
         await self._db.close()
@@ -95,9 +145,14 @@ class EventLog:
         return [self._logged(row) for row in rows]
 
     def _logged(self, row: Any) -> LoggedEvent:
+        return LoggedEvent(row[0], topic=row[3], row=row, decode=self._decode)
+
+    def _decode(self, row: Any) -> DomainEventProtocol[UUID]:
         rowid, originator_id, version, topic, state = row
+        if self._decoder is not None:
+            return self._decoder.decode(StoredRow(rowid, originator_id, version, topic, state))
         stored = StoredEvent(
             originator_id=UUID(originator_id), originator_version=version, topic=topic,
             state=state,
         )
-        return LoggedEvent(rowid, self._mapper.to_domain_event(stored))
+        return self._mapper.to_domain_event(stored)

@@ -2,12 +2,13 @@
 
 Each case is the admin use case (app/usecases/admin.py) plus the HTML the page renders,
 timed next to its reference measured in the same run: the bare index query beneath it
-(app/audit/browse.py for the event browser; `EventLog.of_originator` reading and decoding
-the chat's events for time travel). The target is under 100 ms per answer. Time travel is
-timed cold (the chat opened for the first time: every event read and decoded) and warm
-(scrubbing: the decoded events are kept, so a step only folds). The log is the realistic
-one of bench/eventlog.py; its read models are built once by the runner (without the
-keyword-search projection, which these pages do not read).
+(app/audit/browse.py for the event browser; for time travel, reading the chat's events and
+decoding them with the library's mapper, as `EventLog.of_originator` did before it took the
+runner's faster decoder, projections/stored_rows.py). The target is under 100 ms per
+answer. Time travel is timed cold (the chat opened for the first time: every event read
+and decoded) and warm (scrubbing: the decoded events are kept, so a step only folds). The
+log is the realistic one of bench/eventlog.py; its read models are built once by the
+runner (without the keyword-search projection, which these pages do not read).
 
     .venv/bin/python bench/admin_pages.py --data DIR [--events 1000000]
 
@@ -85,6 +86,7 @@ async def run(data: Path, app: Any, read_path: Path) -> None:
     import aiosqlite
 
     event_log = await EventLog.open(events_path, app.mapper)
+    library_log = await EventLog.open(events_path, app.mapper, fast_decode=False)
     read_db = await aiosqlite.connect(read_path)
     read_db.row_factory = aiosqlite.Row
     services = cast(Services, SimpleNamespace(
@@ -121,7 +123,7 @@ async def run(data: Path, app: Any, read_path: Path) -> None:
     async def chat_events(upto: int) -> None:
         after = 0
         while True:
-            got = await event_log.of_originator(UUID(longest), after, admin.EVENT_PAGE)
+            got = await library_log.of_originator(UUID(longest), after, admin.EVENT_PAGE)
             if len(got) < admin.EVENT_PAGE or got[-1].position > upto:
                 return
             after = got[-1].position
@@ -164,6 +166,7 @@ async def run(data: Path, app: Any, read_path: Path) -> None:
               f"  {verdict} (<{TARGET_MS:.0f} ms)")
     browser.close()
     await event_log.close()
+    await library_log.close()
     await read_db.close()
 
 

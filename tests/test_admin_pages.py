@@ -356,6 +356,11 @@ def test_projection_rebuild_from_the_page(admin: Api) -> None:
             break
         time.sleep(0.1)
     assert admin.get("/api/admin/projections/").status_code == 200
+    # The vector follower is listed with its own position (read-only: no rebuild button).
+    row = re.search(r'<tr id="projection-vectors".*?</tr>', table, re.S)
+    assert row and "/rebuild" not in row.group(0)
+    numbers = [int(n) for n in re.findall(r'<td class="num">(\d+)</td>', row.group(0))]
+    assert len(numbers) == 3 and numbers[2] == max(0, numbers[1] - numbers[0])
 
 
 # -- in a real browser -------------------------------------------------------------------------

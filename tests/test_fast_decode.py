@@ -12,6 +12,7 @@ fast path must write the same read models as one through the library.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.audit.chain import verify_chain
+from app.event_log import EventLog, LoggedEvent
+from app.usecases.timeline import fold
 from domain.application import ChatApplication
 from domain.sessions import ChatSession
 from domain.users import AdminSeat, User, UsernameIndex
@@ -83,26 +86,35 @@ def write_every_event(app: ChatApplication) -> None:
     chat.post_user_message(first, "안녕하세요, 오늘 날씨는 어떤가요? {\"_type_\": \"장난\"}")
     chat.configure({"temperature": 0.2, "tags": ["한국어", 1, 2.5, None, {"깊이": [True]}]})
     chat.rename("날씨 이야기")
-    replies = [uuid4() for _ in range(5)]
-    for reply in replies:
+    replies = [uuid4() for _ in range(6)]
+    for reply in replies[:4]:  # one at a time, each ending its own way
         chat.queue_reply(reply, first, 1)
-    chat.start_reply(replies[0], prompt_tokens=42, dropped_turns=0)
-    for piece in ("맑고 ", "따뜻한 ", "하루가 ", "될 거예요. 🌤"):
-        chat.add_tokens(replies[0], piece, 2)
-    chat.complete_reply(replies[0], token_count=8, processing_time=0.41,
-                        time_to_first_token=0.13, model_version="SmolLM2-135M",
-                        model_params={"temperature": 0.2, "top_p": 0.95},
-                        prompt_template="chatml", finish_reason="stop")
-    chat.start_reply(replies[1], prompt_tokens=42, dropped_turns=1)
-    chat.add_tokens(replies[1], "중간에 ", 1)
-    chat.fail_reply(replies[1], "model_error", "모델이 응답하지 않습니다")
-    chat.start_reply(replies[2], prompt_tokens=42, dropped_turns=0)
-    chat.add_tokens(replies[2], "취소될 ", 1)
-    chat.cancel_reply(replies[2])
-    chat.start_reply(replies[3], prompt_tokens=42, dropped_turns=0)
-    chat.add_tokens(replies[3], "끊긴 답", 2)
-    chat.interrupt_reply(replies[3])
-    chat.cancel_reply(replies[4])
+        chat.start_reply(reply, prompt_tokens=42, dropped_turns=0)
+        if reply == replies[0]:
+            for piece in ("맑고 ", "따뜻한 ", "하루가 ", "될 거예요. 🌤"):
+                chat.add_tokens(reply, piece, 2)
+            chat.complete_reply(reply, token_count=8, processing_time=0.41,
+                                time_to_first_token=0.13, model_version="SmolLM2-135M",
+                                model_params={"temperature": 0.2, "top_p": 0.95},
+                                prompt_template="chatml", finish_reason="stop")
+        elif reply == replies[1]:
+            chat.add_tokens(reply, "중간에 ", 1)
+            chat.fail_reply(reply, "model_error", "모델이 응답하지 않습니다")
+        elif reply == replies[2]:
+            chat.add_tokens(reply, "취소될 ", 1)
+            chat.cancel_reply(reply)
+        else:
+            chat.add_tokens(reply, "끊긴 답", 2)
+            chat.interrupt_reply(reply)
+    for reply in replies[4:]:  # two waiting together: one written, one stopped unstarted
+        chat.queue_reply(reply, first, 1)
+    chat.start_reply(replies[4], prompt_tokens=42, dropped_turns=1)
+    chat.add_tokens(replies[4], "함께 ", 1)
+    chat.add_tokens(replies[4], "기다린 답", 2)
+    chat.complete_reply(replies[4], token_count=3, processing_time=0.2,
+                        time_to_first_token=0.1, model_version="SmolLM2-135M",
+                        model_params={}, prompt_template="chatml", finish_reason="length")
+    chat.cancel_reply(replies[5])
     chat.edit_user_message(first, uuid4(), "내일 날씨는요?")
     chat.import_messages([
         {"role": "user", "content": "가져온 질문", "timestamp": "2025-12-24T10:00:00.000000Z",
@@ -162,7 +174,7 @@ def test_the_fast_path_decodes_every_event_type_as_the_mapper_does(
     assert {type(e).__qualname__ for e in events} == domain_event_types()
     for record, notification in zip(records, notifications, strict=True):
         assert (record.id, record.originator_id, record.originator_version, record.topic,
-                record.state) == (notification.id, notification.originator_id.hex,
+                record.state) == (notification.id, UUID(str(notification.originator_id)).hex,
                                   notification.originator_version, notification.topic,
                                   notification.state)
     for fast, library in zip(events, expected, strict=True):
@@ -185,7 +197,7 @@ def test_a_store_the_fast_path_does_not_know_is_read_by_the_library() -> None:
     write_every_event(app)
     source = open_source(app)
     assert isinstance(source, LibrarySource)
-    records, events = source.read(0, 10_000)
+    _, events = source.read(0, 10_000)
     assert {type(e).__qualname__ for e in events} == domain_event_types()
     app.close()
 
@@ -230,7 +242,7 @@ def row(app: ChatApplication, state: bytes | str, topic: str | None = None) -> S
 def outcome(decode: Any, record: Any) -> tuple[str, Any]:
     try:
         return "event", decode(record)
-    except Exception as error:  # noqa: BLE001 - the error itself is compared
+    except Exception as error:  # the error itself is compared
         return "error", type(error)
 
 
@@ -251,33 +263,41 @@ def compare(app: ChatApplication, record: StoredRow) -> None:
 
 
 STAMP = '"timestamp":{"_type_":"datetime_iso","_data_":"2026-01-05T09:01:00.250000+09:00"}'
+
+
+def note_state(payload: str, extra: str = "") -> str:
+    """A Note.Written state with `payload` (JSON text) as written, and `extra` fields."""
+    return "{" + STAMP + ',"originator_topic":"x","payload":' + payload + extra + "}"
+
+
+def type_dict(name: str, data: str) -> str:
+    return '{"_type_":"' + name + '","_data_":' + data + "}"
+
+
+HEX = f'"{uuid4().hex}"'
 ODD_STATES = [
     # Integers wider than 64 bits: orjson would read them as floats.
-    '{%s,"originator_topic":"x","payload":123456789012345678901234567890}' % STAMP,
-    '{%s,"originator_topic":"x","payload":[-9223372036854775809, 18446744073709551615]}'
-    % STAMP,
-    '{%s,"originator_topic":"x","payload":1e19}' % STAMP,
-    '{%s,"originator_topic":"x","payload":NaN}' % STAMP,  # json reads it; orjson does not
-    '{%s,"originator_topic":"x","payload":"\\ud800 외톨이"}' % STAMP,  # a lone surrogate
+    note_state("123456789012345678901234567890"),
+    note_state("[-9223372036854775809, 18446744073709551615]"),
+    note_state("1e19"),
+    note_state("NaN"),  # json reads it; orjson does not
+    note_state('"\\ud800 외톨이"'),  # a lone surrogate
     # Custom types nested in lists and dicts, and type dicts wrapping type dicts.
-    '{%s,"originator_topic":"x","payload":[{"_type_":"uuid_hex","_data_":"%s"},'
-    '{"가":{"_type_":"decimal_str","_data_":"1.10"}},[{"_type_":"datetime_iso",'
-    '"_data_":"2026-01-05T09:01:00+00:00"}]]}' % (STAMP, uuid4().hex),
-    '{%s,"originator_topic":"x","payload":{"_type_":"decimal_str","_data_":"3.0"},'
-    '"extra":{"_type_":"uuid_hex","_data_":{"_type_":"uuid_hex","_data_":"%s"}}}'
-    % (STAMP, uuid4().hex),
+    note_state("[" + type_dict("uuid_hex", HEX) + ',{"가":' + type_dict("decimal_str", '"1.10"')
+               + "},[" + type_dict("datetime_iso", '"2026-01-05T09:01:00+00:00"') + "]]"),
+    note_state(type_dict("decimal_str", '"3.0"'),
+               ',"extra":' + type_dict("uuid_hex", type_dict("uuid_hex", HEX))),
     # Look-alikes that are plain dicts, and names no transcoding has.
-    '{%s,"originator_topic":"x","payload":{"_type_":"uuid_hex"}}' % STAMP,
-    '{%s,"originator_topic":"x","payload":{"_type_":"uuid_hex","_data_":"%s","k":1}}'
-    % (STAMP, uuid4().hex),
-    '{%s,"originator_topic":"x","payload":{"_data_":"x","other":"y"}}' % STAMP,
-    '{%s,"originator_topic":"x","payload":{"_type_":"모름","_data_":"x"}}' % STAMP,
-    '{%s,"originator_topic":"x","payload":{"_type_":"uuid_hex","_data_":42}}' % STAMP,
-    '{%s,"originator_topic":"x","payload":{"_type_":"datetime_iso","_data_":"어제"}}' % STAMP,
+    note_state('{"_type_":"uuid_hex"}'),
+    note_state('{"_type_":"uuid_hex","_data_":' + HEX + ',"k":1}'),
+    note_state('{"_data_":"x","other":"y"}'),
+    note_state(type_dict("모름", '"x"')),
+    note_state(type_dict("uuid_hex", "42")),
+    note_state(type_dict("datetime_iso", '"어제"')),
     # Not an event's state at all.
-    '[1, 2]', '{"_type_":"uuid_hex","_data_":"%s"}' % uuid4().hex, '{', '',
-    '{%s,"originator_topic":"x","payload":"a","payload":"b"}' % STAMP,  # a repeated key
-    '{%s,"originator_topic":"x","payload":-0.0,"class_version":1}' % STAMP,
+    "[1, 2]", type_dict("uuid_hex", HEX), "{", "",
+    note_state('"a"', ',"payload":"b"'),  # a repeated key
+    note_state("-0.0", ',"class_version":1'),
 ]
 
 
@@ -294,8 +314,7 @@ def test_upcasting_runs_as_the_mapper_runs_it() -> None:
     app = ChatApplication(env={"PERSISTENCE_MODULE": "eventsourcing.sqlite",
                                "SQLITE_DBNAME": ":memory:"})
     topic = f"{__name__}:Versioned.Written"
-    old = ('{%s,"originator_topic":"%s:Versioned","text":"오래된 기록 세 단어"}'
-           % (STAMP, __name__))
+    old = "{" + STAMP + f',"originator_topic":"{__name__}:Versioned","text":"오래된 기록 세 단어"}}'
     compare(app, row(app, old, topic))  # version 1: both upcasts
     compare(app, row(app, old[:-1] + ',"class_version":2,"language":"en"}', topic))
     compare(app, row(app, old[:-1] + ',"class_version":3,"language":"en","words":1}',
@@ -368,3 +387,36 @@ def test_a_rebuild_through_the_fast_path_writes_what_the_library_path_writes(
     one_by_one.close()
     app.close()
 
+
+
+def test_time_travel_folds_alike_without_decoding_finished_replies_tokens(
+        every_event: ChatApplication, tmp_path: Path) -> None:
+    """`fold` over events read lazily (decoded when looked at) gives, at every position of
+    a chat, what it gives over events all decoded by the mapper and none left out; and the
+    token batches of a reply completed by then are never decoded."""
+    app = every_event
+    notifications = app.recorder.select_notifications(0, 10_000)
+    chat_id = next(UUID(str(n.originator_id)) for n in notifications
+                   if n.topic.endswith("ChatSession.Started"))
+    # A topic that is not the event's keeps `fold` from leaving any token batch out.
+    library = [LoggedEvent(n.id, app.mapper.to_domain_event(n), topic="reference:No.Skip")
+               for n in notifications if n.originator_id == chat_id]
+
+    async def lazy() -> list[LoggedEvent]:
+        log = await EventLog.open(tmp_path / "events.sqlite", app.mapper)
+        try:
+            return await log.of_originator(chat_id, 0)
+        finally:
+            await log.close()
+
+    assert [e.position for e in asyncio.run(lazy())] == [e.position for e in library]
+    for at in [None, *(e.position for e in library)]:
+        assert fold(asyncio.run(lazy()), at) == fold(library, at), at
+    events = asyncio.run(lazy())
+    moment = fold(events)
+    assert any(m["content"] == "맑고 따뜻한 하루가 될 거예요. 🌤" for m in moment.messages)
+    undecoded = [e for e in events if e._event is None]
+    assert undecoded and all(e.kind == "TokensGenerated" for e in undecoded)
+    # The completed reply's four batches; the failed, stopped and cut replies' ones count.
+    assert len(undecoded) == 4
+    app.close()

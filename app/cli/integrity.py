@@ -140,10 +140,18 @@ def rebuild_command(ctx: Context, args: argparse.Namespace) -> int:
     finally:
         chat.close()
     if ctx.json:
-        ctx.emit({"rebuilt": names, "position": position, "seconds": round(seconds, 3)})
+        ctx.emit({"rebuilt": names, "position": position, "seconds": round(seconds, 3),
+                  "not_rebuilt": ["vectors"]})
     else:
         ctx.say(f"{', '.join(names)} rebuilt to position {position} in {seconds:.1f} s")
+        ctx.say(VECTORS_NOT_REBUILT)
     return OK
+
+
+VECTORS_NOT_REBUILT = (
+    "Not rebuilt: the vector index (semantic search, DATA_DIR/chroma with its position in"
+    " DATA_DIR/vectors.sqlite). It follows the log on its own and catches up in the"
+    " background while the server runs.")
 
 
 def register(commands: Any) -> None:
@@ -172,6 +180,9 @@ def register(commands: Any) -> None:
     rebuild = add_command(
         commands, "rebuild", rebuild_command, "rebuild the live read models (server stopped)",
         "Rebuild read models in place from position 0, in one transaction. Run it with the\n"
-        "server stopped (a running server rebuilds through the admin API instead).")
+        "server stopped (a running server rebuilds through the admin API instead).\n\n"
+        "The vector index (semantic search) is not one of them and is not rebuilt: it\n"
+        "follows the log on its own position (DATA_DIR/vectors.sqlite) and catches up in\n"
+        "the background while the server runs.")
     rebuild.add_argument("projection", nargs="*",
                          help="which projections (default: all)")

@@ -223,16 +223,20 @@ async def projections(request: Request) -> Response:
     user = await admin_page_user(request)
     if user is None:
         return to_login(request)
+    services = services_of(request)
     return page(request, "admin/projections.html", {
         "user": user, "section": "projections",
-        "projections": await admin.projections(services_of(request)),
+        "projections": await admin.projections(services),
+        "followers": await admin.followers(services),
     })
 
 
 async def projections_table(request: Request) -> Response:
     await require_admin(request)
+    services = services_of(request)
     return HTMLResponse(fragment("admin/_projections.html",
-                                 projections=await admin.projections(services_of(request))))
+                                 projections=await admin.projections(services),
+                                 followers=await admin.followers(services)))
 
 
 async def rebuild(request: Request) -> Response:
@@ -241,6 +245,7 @@ async def rebuild(request: Request) -> Response:
     admin.rebuild(services, request.path_params["name"])
     return HTMLResponse(fragment("admin/_projections.html",
                                  projections=await admin.projections(services),
+                                 followers=await admin.followers(services),
                                  requested=request.path_params["name"]))
 
 

@@ -149,6 +149,20 @@ async def projections(services: Services) -> list[dict[str, Any]]:
     ]
 
 
+async def followers(services: Services) -> list[dict[str, Any]]:
+    """Followers of the log outside the runner, read-only: the vector index (its own
+    position file, DATA_DIR/vectors.sqlite; it embeds in the background and is not rebuilt
+    from here). `available` is False when the index could not be opened."""
+    follower = services.vector_follower
+    head = await services.event_log.head()
+    if follower is None:
+        return [{"name": "vectors", "available": False, "position": None, "head": head,
+                 "lag": None}]
+    position = await anyio.to_thread.run_sync(follower.position)
+    return [{"name": follower.name, "available": True, "position": position, "head": head,
+             "lag": max(0, head - position)}]
+
+
 def rebuild(services: Services, name: str) -> None:
     if name not in services.projections.names:
         raise NotFound("projection")

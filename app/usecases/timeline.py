@@ -10,6 +10,7 @@ the conversation as a reader saw it then, a streaming reply's text included.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,19 +64,67 @@ def _elapsed(row: dict[str, Any], e: Any) -> float | None:
     return round((e.timestamp.replace(tzinfo=None) - started).total_seconds(), 3)
 
 
+_KINDS: dict[type, str] = {}  # event class -> its name without the aggregate's
+
+
+def _kind(cls: type) -> str:
+    kind = _KINDS.get(cls)
+    if kind is None:
+        kind = _KINDS[cls] = cls.__qualname__.split(".")[-1]
+    return kind
+
+
+ENDS = ("ReplyCompleted", *ENDINGS)
+
+
+def _token_spans(events: list[LoggedEvent]) -> list[tuple[float, float]]:
+    """The stretches of positions whose token batches can still matter to the answer.
+
+    `ReplyCompleted` replaces a reply's text and token count, so the token batches of a
+    reply completed within `events` change nothing; those of a reply still open, or ended
+    otherwise (failed, stopped, interrupted: they keep what was written), do. A reply's
+    batches come between its `ReplyQueued` and its end, so a batch outside every such
+    stretch of those replies is left out, and left undecoded (most of a long chat)."""
+    queued_at: dict[Any, int] = {}  # reply id -> position queued, while it is open
+    spans: list[tuple[float, float]] = []
+    for logged in events:
+        if logged.kind == "TokensGenerated":
+            continue
+        e: Any = logged.event
+        kind = _KINDS.get(type(e)) or _kind(type(e))
+        if kind == "ReplyQueued":
+            queued_at.setdefault(e.reply_id, logged.position)
+        elif kind in ENDS:
+            start = queued_at.pop(e.reply_id, 0)
+            if kind != "ReplyCompleted":
+                spans.append((start, logged.position))
+    spans += [(start, math.inf) for start in queued_at.values()]
+    return spans
+
+
 def fold(events: Iterable[LoggedEvent], at: int | None = None) -> Moment:
     """The session after its events with position <= `at` (all of them when None)."""
-    session: dict[str, Any] | None = None
-    rows: dict[str, dict[str, Any]] = {}  # insertion order is log order
-    position = 0
+    upto = []
     for logged in events:
         if at is not None and logged.position > at:
             break
+        upto.append(logged)
+    spans = _token_spans(upto)
+    session: dict[str, Any] | None = None
+    rows: dict[str, dict[str, Any]] = {}  # insertion order is log order
+    # The same rows by reply id's `.int`: a token batch finds its reply without making
+    # the id's text (most of a long chat's events are token batches).
+    replies: dict[int, dict[str, Any]] = {}
+    position = 0
+    for logged in upto:
         position = logged.position
+        if logged.kind == "TokensGenerated" and not any(
+                low <= position <= high for low, high in spans):
+            continue  # its reply is completed by `at`: nothing it wrote stays
         e: Any = logged.event
-        kind = type(e).__qualname__.split(".")[-1]
+        kind = _KINDS.get(type(e)) or _kind(type(e))
         if kind == "TokensGenerated":  # most of a chat's events: the cheapest path first
-            row = rows[str(e.reply_id)]
+            row = replies.get(e.reply_id.int) or rows[str(e.reply_id)]
             row["content"] += e.text
             row["token_count"] += e.token_count
             continue
@@ -99,8 +148,9 @@ def fold(events: Iterable[LoggedEvent], at: int | None = None) -> Moment:
             rows[str(e.message_id)] = _message(e, "user", "complete", id=str(e.message_id),
                                                content=e.content)
         elif kind == "ReplyQueued":
-            rows[str(e.reply_id)] = _message(e, "assistant", "queued", id=str(e.reply_id),
-                                             token_count=0, queue_position=e.queue_position)
+            rows[str(e.reply_id)] = replies[e.reply_id.int] = _message(
+                e, "assistant", "queued", id=str(e.reply_id), token_count=0,
+                queue_position=e.queue_position)
         elif kind == "ReplyStarted":
             rows[str(e.reply_id)].update(status="streaming", started_at=stamp)
         elif kind == "ReplyCompleted":
