@@ -9,13 +9,13 @@ PORT ?= 8000
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run test install model assets browser lint bench bench-1m clean
+.PHONY: run test install model assets browser postgres lint bench bench-1m clean
 
 run: install model assets
 	@echo "Open http://$(HOST):$(PORT)/ in your browser."
 	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --no-proxy-headers
 
-test: install model assets browser
+test: install model assets browser postgres
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -42,6 +42,12 @@ node_modules/.package-lock.json: package.json package-lock.json
 browser:
 	@command -v chromium >/dev/null && fc-list | grep -qi "noto sans cjk" || { \
 		apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; }
+
+# The suites' PostgreSQL runs start a throwaway cluster with Debian's server binaries
+# (initdb/pg_ctl from the postgresql package; tests/postgres.py).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check .

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
-from tests.postgres import STORES, PostgresCluster, require_binaries
+from tests.postgres import STORES, PostgresCluster, event_store_url, require_binaries
 from tests.server import CHROMIUM, CHROMIUM_FLAGS, ROOT, Api, ServerProcess
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -40,14 +40,6 @@ def postgres() -> Iterator[PostgresCluster]:
 def store(request: pytest.FixtureRequest) -> str:
     """The servers' event store: "sqlite" unless the module runs on `both_stores`."""
     return str(getattr(request, "param", "sqlite"))
-
-
-def event_store_url(request: pytest.FixtureRequest, store: str) -> str:
-    """EVENT_STORE for a new server: empty (its SQLite file) or a database of its own."""
-    if store == "postgres":
-        cluster: PostgresCluster = request.getfixturevalue("postgres")
-        return cluster.create_database()
-    return ""
 
 
 @pytest.fixture

@@ -24,7 +24,17 @@ import pytest
 STORES = ["sqlite", "postgres"]
 both_stores = pytest.mark.both_stores
 
-BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _newest_bin() -> Path:
+    """Debian installs each major version in /usr/lib/postgresql/<version>/bin."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                   else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = Path(os.environ["PG_BIN"]) if os.environ.get("PG_BIN") else _newest_bin()
 RUN_AS = "nobody"
 
 
@@ -86,3 +96,12 @@ class PostgresCluster:
                       "stop")
             self.started = False
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def event_store_url(request: pytest.FixtureRequest, store: str) -> str:
+    """EVENT_STORE for a new server or application: empty (its SQLite file in DATA_DIR) or
+    a new database in the session's cluster (the `postgres` fixture)."""
+    if store == "postgres":
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        return cluster.create_database()
+    return ""
