@@ -17,6 +17,7 @@ keyword read model, which is the authority on ownership and deletion.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -46,6 +47,10 @@ EMBED_CHARS = 8_000       # a longer message is embedded by its beginning (bound
 POLL_SECONDS = 1.0
 BACKGROUND_NICE = 19      # lowest priority: token streaming always comes first
 BACKGROUND_THREADS = 1
+# ChromaDB's native writer was seen to hang on a full disk while holding the GIL, freezing
+# the whole server even after space was freed (drills/resources.py). Below this much free
+# space the index does not write; the follower retries from its position later.
+MIN_FREE_BYTES = 32 << 20
 
 # The yardstick of "unrelated": everyday requests on many topics, Korean and English, and
 # the short filler that chats are full of (short texts sit close to any short query).
@@ -97,6 +102,7 @@ class VectorIndex:
 
     def __init__(self, directory: Path, embedder: MultilingualE5 | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self._directory = directory
         self.embedder = embedder or MultilingualE5()
         self._client = cast(Client, chromadb.PersistentClient(
             path=str(directory),
@@ -123,6 +129,7 @@ class VectorIndex:
             return
         vectors = self.embedder([doc.content[:EMBED_CHARS] for doc in docs])
         with self._lock:
+            self._check_room()
             self._collection.upsert(
                 ids=[doc.message_id for doc in docs],
                 embeddings=vectors,
@@ -133,7 +140,13 @@ class VectorIndex:
 
     def delete_session(self, session_id: str) -> None:
         with self._lock:
+            self._check_room()
             self._collection.delete(where={"session_id": session_id})
+
+    def _check_room(self) -> None:
+        free = os.statvfs(self._directory)
+        if free.f_bavail * free.f_frsize < MIN_FREE_BYTES:
+            raise OSError(errno.ENOSPC, "too little free space to write the vector index")
 
     def clear(self) -> None:
         with self._lock:

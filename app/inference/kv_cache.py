@@ -42,7 +42,8 @@ class SeqStateCache:
         return self.directory / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".kv")
 
     def put(self, key: str, tokens: list[int], data: bytes) -> bool:
-        """Store a chat's state; False when it alone is larger than the whole budget."""
+        """Store a chat's state; False when it alone is larger than the whole budget or
+        the disk refuses it."""
         size = HEADER.size + 4 * len(tokens) + len(data)
         path = self._path(key)
         with self._lock:
@@ -50,11 +51,17 @@ class SeqStateCache:
                 path.unlink(missing_ok=True)
                 return False
             temporary = path.with_suffix(".tmp")
-            with temporary.open("wb") as file:
-                file.write(HEADER.pack(MAGIC, len(tokens), len(data)))
-                file.write(array("i", tokens).tobytes())
-                file.write(data)
-            os.replace(temporary, path)
+            try:
+                with temporary.open("wb") as file:
+                    file.write(HEADER.pack(MAGIC, len(tokens), len(data)))
+                    file.write(array("i", tokens).tobytes())
+                    file.write(data)
+                os.replace(temporary, path)
+            except OSError as error:  # a full or read-only disk: the chat is read again
+                log.warning("KV state of %s not saved: %s", key, error.strerror or error)
+                temporary.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+                return False
             self._trim(keep=path)
         return True
 
