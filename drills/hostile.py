@@ -20,6 +20,7 @@ anything ran). Target: 0 executed, 0 live.
 
     .venv/bin/python -m drills.hostile                  # starts its own server
     .venv/bin/python -m drills.hostile --limit 20 --passes csp
+    .venv/bin/python -m drills.hostile --every 2 --passes nocsp     # half, without the CSP
 """
 
 from __future__ import annotations
@@ -753,6 +754,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--limit", type=int, default=0, help="only the first N payloads")
+    parser.add_argument("--every", type=int, default=1, help="only every N-th payload")
     parser.add_argument("--typed-every", type=int, default=6,
                         help="type every N-th payload into the chat page (1: all)")
     parser.add_argument("--passes", default="csp,nocsp",
@@ -762,6 +764,7 @@ def main() -> int:
     control = control_payloads(payloads)  # from the whole corpus, whatever --limit says
     if args.limit:
         payloads = payloads[:args.limit]
+    payloads = payloads[::args.every]
     passes = [p.strip() for p in args.passes.split(",") if p.strip()]
     print(f"{len(payloads)} payloads from {args.corpus.name}; passes: {', '.join(passes)}")
     started = time.monotonic()
@@ -778,7 +781,7 @@ def main() -> int:
                     for name in passes:
                         observer = run_pass(browser, server.url, seeded, payloads,
                                             csp=name == "csp", control=control)
-                        if name == passes[0]:
+                        if name == "csp":  # (they add chats: once, with the CSP)
                             run_once_only(browser, server.url, seeded, payloads, observer,
                                           args.typed_every)
                         kind = "production CSP" if name == "csp" else "CSP header removed"
