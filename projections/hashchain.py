@@ -40,6 +40,7 @@ from uuid import UUID
 import aiosqlite
 
 from projections.batch import Batch, BatchProjection
+from projections.stored_rows import StoredRow
 
 GENESIS = bytes(32)
 
@@ -82,18 +83,29 @@ class HashChainProjection(BatchProjection):
         runner read directly has its id as the stored hex text already."""
         _, previous = head(db)
         rows = []
+        # The "len:value " parts of an id and of a topic, made once per batch, not per event.
+        oids: dict[Any, bytes] = {}
+        topics: dict[str, bytes] = {}
         for record, _event in batch:
-            oid = record.originator_id
-            oid_bytes = (oid if type(oid) is str else _hex(oid)).encode()
-            body = record.state
+            rid, oid, version, topic, body = (
+                record if type(record) is StoredRow else (
+                    record.id, record.originator_id, record.originator_version,
+                    record.topic, record.state))
+            oid_part = oids.get(oid)
+            if oid_part is None:
+                oid_bytes = (oid if type(oid) is str else _hex(oid)).encode()
+                oid_part = oids[oid] = b"%d:%s " % (len(oid_bytes), oid_bytes)
+            topic_part = topics.get(topic)
+            if topic_part is None:
+                name = topic.encode()
+                topic_part = topics[topic] = b"%d:%s " % (len(name), name)
             if type(body) is not bytes:
                 body = body.encode() if isinstance(body, str) else bytes(body)
-            pos, version, name = (b"%d" % record.id, b"%d" % record.originator_version,
-                                  record.topic.encode())
-            previous = sha256(previous + b"%d:%s %d:%s %d:%s %d:%s %d:" % (
-                len(pos), pos, len(oid_bytes), oid_bytes, len(version), version,
-                len(name), name, len(body)) + body).digest()
-            rows.append((record.id, previous))
+            pos, ver = b"%d" % rid, b"%d" % version
+            previous = sha256(b"%s%d:%s %s%d:%s %s%d:%s" % (
+                previous, len(pos), pos, oid_part, len(ver), ver, topic_part, len(body),
+                body)).digest()
+            rows.append((rid, previous))
         db.executemany("INSERT INTO hash_chain (position, hash) VALUES (?, ?)", rows)
 
 
