@@ -234,10 +234,12 @@ def disk_full(work: Path, posts: int = 5, max_tokens: int = 48) -> dict[str, Any
             wait_until(lambda: status_of(api, other["id"], ledger.acknowledged[-1][2])
                        != "queued", 60, 0.05)
             filler = fill(mount)
+            ledger_before_fill = ledger.refused
             for i in range(posts):
                 ledger.post(api, first["id"], f"디스크가 가득 찼을 때 {i}번째 글", problems,
                             ("storage_unavailable", "read_models_failing"))
             new_session = api.post("/api/sessions/", json={"title": "새 대화"})
+            session_while_full = new_session.status_code
             if new_session.status_code != 201:
                 check_refusal(new_session, ("storage_unavailable", "read_models_failing"),
                               problems)
@@ -264,8 +266,9 @@ def disk_full(work: Path, posts: int = 5, max_tokens: int = 48) -> dict[str, Any
         finally:
             process.stop()
         verify(data, problems)
-    return {"case": "disk full while replies stream", "posts_while_full": posts + 1,
-            "refused_while_full": refused_while_full,
+    return {"case": "disk full while replies stream", "posts_while_full": posts,
+            "refused_while_full": refused_while_full - ledger_before_fill,
+            "new_session_while_full": session_while_full,
             "acknowledged": len(ledger.acknowledged), "reply_statuses": statuses,
             "problems": problems}
 
@@ -313,6 +316,8 @@ def read_only_while_running(work: Path, posts: int = 3, max_tokens: int = 96
             problems.append("a reply is still open after the restart")
         if not ledger.post(api, chat["id"], "다시 쓸 수 있어요.", problems):
             problems.append("posting failed after the restart")
+        elif not wait_until(lambda: replies_closed(api, [chat["id"]]), 180):
+            problems.append("the reply after the restart did not finish")
         ledger.check(api, problems)
         statuses = [status_of(api, s, r) for s, _m, r in ledger.acknowledged]
     finally:
