@@ -52,11 +52,13 @@ class PostgresEventLog:
         self._columns = columns
 
     @classmethod
-    async def open(cls, url: str, table: str, mapper: Mapper[UUID],
+    async def open(cls, url: str, table: str, mapper: Mapper[UUID], timeout: float = 5.0,
                    fast_decode: bool = True) -> PostgresEventLog:
-        # Autocommit: a read never leaves a transaction open between queries.
+        # Autocommit: a read never leaves a transaction open between queries. A checked
+        # connection: one that died while idle (a database restart) is replaced, not used.
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            url, min_size=1, max_size=POOL_MAX, open=False, kwargs={"autocommit": True})
+            url, min_size=1, max_size=POOL_MAX, open=False, kwargs={"autocommit": True},
+            timeout=timeout, check=AsyncConnectionPool.check_connection)
         await pool.open(wait=True)
         return cls(pool, table, mapper, fast_decode)
 

@@ -22,6 +22,7 @@ from app.config import Settings
 from app.event_log import EventLog, LoggedEvent
 
 SCHEMES = ("postgresql", "postgres")
+CONNECT_TIMEOUT = 5  # seconds to wait for a PostgreSQL connection
 
 
 class SQLiteOnly(Exception):
@@ -78,6 +79,12 @@ def event_store_env(settings: Settings) -> dict[str, str]:
         "POSTGRES_SCHEMA": "public",
         # Writers wait this long (s) for the table lock that orders the log, then fail.
         "POSTGRES_LOCK_TIMEOUT": "10",
+        # A request waits at most this long (s) for a connection (the library's default,
+        # 30 s per operation, outlasts any client): PostgreSQL away answers 503 soon.
+        "POSTGRES_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
+        # Check a pooled connection before use, so the first request after a database
+        # restart does not fail on a connection that died while idle.
+        "POSTGRES_PRE_PING": "y",
         "AGGREGATE_CACHE_MAXSIZE": "1000",
     }
 
@@ -112,4 +119,4 @@ async def open_event_log(settings: Settings, application: Application[UUID]
     from app.event_log_pg import PostgresEventLog
 
     table: str = getattr(application.recorder, "events_table_name", "chat_events")
-    return await PostgresEventLog.open(url, table, application.mapper)
+    return await PostgresEventLog.open(url, table, application.mapper, CONNECT_TIMEOUT)

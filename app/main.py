@@ -74,6 +74,8 @@ async def on_storage_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_server_error(request: Request, exc: Exception) -> Response:
+    if storage_problem(exc):  # e.g. PostgreSQL unreachable (psycopg's own errors)
+        return await on_storage_error(request, exc)
     if openai_compat.is_openai(request):
         return await openai_compat.openai_error(request, exc)
     return await errors.server_error(request, exc)

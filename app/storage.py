@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import sys
 from pathlib import Path
 
 from eventsourcing.persistence import OperationalError as StoreOperationalError
@@ -25,6 +26,9 @@ def storage_problem(error: BaseException) -> bool:
     """True if `error` (or the SQLite error the event store wrapped) is the disk refusing."""
     if isinstance(error, StoreOperationalError) and error.__cause__ is not None:
         error = error.__cause__
+    psycopg = sys.modules.get("psycopg")  # loaded only with a PostgreSQL event store
+    if psycopg is not None and isinstance(error, psycopg.OperationalError):
+        return True  # the database unreachable, shutting down, or no connection in time
     if isinstance(error, sqlite3.Error):
         code = getattr(error, "sqlite_errorcode", None)
         return code is not None and code & 0xFF in SQLITE_STORAGE_CODES

@@ -70,13 +70,22 @@ class PostgresCluster:
     def start(self) -> PostgresCluster:
         self._run(str(BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
                   "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server (again) on the cluster's data."""
         # Only the socket in our directory; durability of a throwaway cluster is not tested.
         options = (f"-k {self.dir} -c listen_addresses='' -c fsync=off"
                    " -c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
         self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"),
                   "-w", "-t", "60", "-o", options, "start")
         self.started = True
-        return self
+
+    def pause(self) -> None:
+        """Stop the server at once (connections dropped), keeping the data."""
+        self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self.started = False
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@/{dbname}?host={self.dir}"
@@ -92,9 +101,7 @@ class PostgresCluster:
 
     def stop(self) -> None:
         if self.started:
-            self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
-                      "stop")
-            self.started = False
+            self.pause()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

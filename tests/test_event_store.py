@@ -8,6 +8,7 @@ the events the library's own `select_notifications` and mapper give.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from domain.sessions import ChatSession
 from projections.runner import ProjectionRunner
 from projections.stored_rows import LibrarySource, SQLiteRows, open_source
 from tests.postgres import both_stores, event_store_url
+from tests.server import Api, ServerProcess, assert_error
 from tests.test_domain import CONFIG, OUTCOME
 
 pytestmark = both_stores
@@ -185,3 +187,28 @@ def test_missing_server_binaries_fail_under_ci_and_skip_elsewhere(
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="initdb"):
         pg.require_binaries()
+
+
+def test_postgres_going_away_answers_503_and_the_server_goes_on_after(tmp_path: Path) -> None:
+    """A real outage: the server's own cluster is stopped under it, then started again."""
+    pg.require_binaries()
+    cluster = pg.PostgresCluster().start()
+    server = ServerProcess(tmp_path / "data", cluster.create_database())
+    try:
+        server.start()
+        api = Api(server.url).register("keeper")
+        assert api.post("/api/sessions/", json={"title": "폭풍 전"}).status_code == 201
+        cluster.pause()
+        assert_error(api.post("/api/sessions/", json={"title": "폭풍 속"}), 503,
+                     "storage_unavailable")
+        cluster.resume()
+        deadline = time.monotonic() + 60
+        while (response := api.post("/api/sessions/", json={"title": "폭풍 뒤"})
+               ).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.5)  # the pool reconnects on its own
+        assert response.status_code == 201, response.text
+        titles = [s["title"] for s in api.get("/api/sessions/").json()]
+        assert "폭풍 속" not in titles and {"폭풍 전", "폭풍 뒤"} <= set(titles)
+    finally:
+        server.stop()
+        cluster.stop()
