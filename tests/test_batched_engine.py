@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.inference.batched_engine import BatchedEngine, _Entry
+from app.inference.batched_engine import BatchedEngine, StepRecord, _Entry
 from app.inference.engine import Turn
 from app.inference.jobs import Done, Event, Failed, GenerationRequest, Job, Started, Text
 from app.inference.kv_cache import SeqStateCache
@@ -105,6 +105,60 @@ def test_four_prompts_decode_together_and_each_answers_its_own(engine: BatchedEn
     assert engine.stats.steps - steps_before <= max(generated) + 4
 
 
+def traced(engine: BatchedEngine, *prompts: list[int]) -> tuple[list[Job], list[StepRecord]]:
+    """The prompts arriving at the same moment (the decode thread is held while they are
+    submitted: its lock is reentrant), decoded to the end, with the engine's steps."""
+    engine.trace = []
+    try:
+        with engine._cond:
+            jobs = [submit(engine, tokens)[0] for tokens in prompts]
+        finish(*jobs)
+        return jobs, engine.trace
+    finally:
+        engine.trace = None
+
+
+def test_prompts_arriving_together_are_read_in_one_step_and_all_answered_from_it() -> None:
+    wide = make_engine(n_batch=256)
+    try:
+        jobs, steps = traced(wide, *(prompt(wide, repeat(w)) for w in WORDS))
+    finally:
+        wide.close()
+    ids = {job.id for job in jobs}
+    first = steps[0]
+    assert set(first.admitted) == ids
+    # Every prompt whole in the first step, and every reply's first token sampled after it:
+    # none waits for another's prompt, nor for generated-token steps.
+    assert {p.job for p in first.parts if p.prefill and p.sampled} == ids
+    for job in jobs:
+        assert sum(p.tokens for p in first.parts if p.job == job.id) \
+            == job.stats.evaluated_tokens == job.stats.prompt_tokens - job.stats.reused_tokens
+    assert not any(p.prefill for s in steps[1:] for p in s.parts)
+    # Laid out in sequence order (llama.cpp runs consecutive sequences in one pass).
+    for step in steps:
+        assert [p.seq for p in step.parts] == sorted(p.seq for p in step.parts)
+
+
+def test_a_short_prompt_is_answered_before_a_long_one_arriving_with_it(
+        engine: BatchedEngine) -> None:
+    # Not the long prompt of the next test: a slot holding it would spare that test's read.
+    long_prompt = prompt(engine, "Summarise: " + " ".join(["하늘은 높고 맑다."] * 15))
+    short_prompt = prompt(engine, repeat("사과"))
+    (long, short), steps = traced(engine, long_prompt, short_prompt)
+    assert long.stats.evaluated_tokens > 3 * engine.n_batch
+    reads = [s for s in steps if any(p.job == long.id and p.prefill for p in s.parts)]
+    assert len(reads) >= 4  # chunked: at most n_batch tokens a step
+    assert all(sum(p.tokens for p in s.parts) <= engine.n_batch for s in steps)
+    # The short prompt was read and sampled in the first step, beside the long one's chunk.
+    assert any(p.job == short.id and p.prefill and p.sampled for p in steps[0].parts)
+    # From the next step on the short reply gets a token at every step, while the long
+    # prompt is still being read.
+    with_short = [i for i, s in enumerate(steps)
+                  if any(p.job == short.id and not p.prefill for p in s.parts)]
+    assert len(with_short) >= 3 and with_short == list(range(1, len(with_short) + 1))
+    assert with_short[0] < steps.index(reads[-1])
+
+
 def test_a_long_prompt_is_read_in_chunks_while_others_decode(engine: BatchedEngine) -> None:
     log: list[tuple[Collector, Event]] = []
     story, decoding = Collector(log), threading.Event()
@@ -170,6 +224,24 @@ def test_a_returning_chat_evaluates_only_its_new_tokens(engine: BatchedEngine) -
     shared = next(i for i, (a, b) in enumerate(zip(second, edited, strict=False)) if a != b)
     assert job5.stats.reused_tokens == shared
     assert "김치" in sink5.text
+
+
+def test_a_forgotten_chat_starts_over_and_its_saved_state_is_gone(tmp_path: Path) -> None:
+    small = make_engine(n_parallel=1, cache_dir=tmp_path)
+    try:
+        tokens = prompt(small, repeat("바나나"))
+        ask(small, tokens, key="chat-a")
+        ask(small, prompt(small, repeat("사과")), key="chat-b")  # evicts chat-a to disk
+        assert len(list(tmp_path.rglob("*.kv"))) == 1
+        small.forget("chat-a")
+        small.forget("chat-b")
+        job, _ = ask(small, tokens, key="chat-a")
+        assert job.stats.cache == "miss"
+        assert not list(tmp_path.rglob("*.kv"))  # chat-b's slot was free: nothing evicted
+        again, _ = ask(small, tokens, key="chat-a")
+        assert again.stats.cache == "resident" and again.stats.evaluated_tokens == 1
+    finally:
+        small.close()
 
 
 def test_more_chats_than_slots_evict_to_disk_and_restore(tmp_path: Path,

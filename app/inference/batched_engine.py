@@ -58,6 +58,10 @@ from app.inference.sampling import GenerationParams, TextStream, make_sampler, t
 log = logging.getLogger(__name__)
 
 IDLE_WAIT = 0.05  # seconds between deadline checks while replies wait for a slot
+# Prompt tokens read in one step while other replies are generating: a step's time is
+# their gap between two tokens (64 tokens: ~0.2 s on 2 idle cores with the 135M model,
+# where 256 took ~0.7 s); with no reply generating a step reads up to `n_batch`.
+PREFILL_BESIDE_DECODING = 64
 
 
 @dataclass
@@ -76,6 +80,27 @@ class EngineStats:
     def occupancy(self, n_parallel: int) -> float:
         """Mean share of the slots that decoded together per step."""
         return self.step_sequences / (self.steps * n_parallel) if self.steps else 0.0
+
+
+@dataclass(frozen=True)
+class StepPart:
+    """One reply's share of a step: prompt tokens read, or its last sampled token."""
+
+    job: int
+    seq: int
+    tokens: int
+    prefill: bool
+    sampled: bool  # a token was sampled for it after this step
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one step did and when (monotonic seconds), for finding where time goes."""
+
+    began: float
+    ended: float
+    admitted: tuple[int, ...]  # jobs that got a slot at this step
+    parts: tuple[StepPart, ...]
 
 
 @dataclass
@@ -119,6 +144,7 @@ class BatchedEngine:
         n_threads: int = 2,
         n_gpu_layers: int = 0,
         n_batch: int = 256,
+        prefill_beside_decoding: int = PREFILL_BESIDE_DECODING,
         use_mmap: bool = True,
         use_mlock: bool = False,
         flash_attn: bool | None = None,
@@ -157,6 +183,7 @@ class BatchedEngine:
         self._n_vocab = self._model.n_vocab()
         self.n_parallel = n_parallel
         self.n_batch = n_batch
+        self.prefill_beside_decoding = max(1, min(prefill_beside_decoding, n_batch))
         self.n_ctx = llama_cpp.llama_n_ctx_seq(self._ctx.ctx)
         self._prompter = ChatPrompter(self._model, self.n_ctx)
         self.info = ModelInfo(
@@ -172,10 +199,13 @@ class BatchedEngine:
             layout = f"{model_path.stem}-{self.info.size_bytes}-{self.n_ctx}-fa{flash_attn}"
             self._cache = SeqStateCache(cache_dir / layout, cache_bytes)
         self.stats = EngineStats()
+        # Set to a list to record every step (a bench or a test reading where time goes).
+        self.trace: list[StepRecord] | None = None
         self._slots = [_Slot(seq) for seq in range(n_parallel)]
         self._running: list[_Running] = []
         self._pending: deque[Job] = deque()
         self._incoming: deque[Job] = deque()
+        self._forgotten: deque[str] = deque()  # chats whose KV state is to be dropped
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._closing = False
@@ -197,6 +227,14 @@ class BatchedEngine:
             self._incoming.append(job)
             self._cond.notify()
         return job
+
+    def forget(self, key: str) -> None:
+        """Drop a chat's KV state (in its slot and on disk), e.g. when the chat is deleted.
+        Its slot is then free for any chat, its tokens still usable as a shared prefix. A
+        chat with a reply running is dropped when that reply ends."""
+        with self._cond:
+            self._forgotten.append(key)
+            self._cond.notify()
 
     @property
     def busy(self) -> int:
@@ -255,7 +293,7 @@ class BatchedEngine:
             with self._cond:
                 if self._closing:
                     return
-                if not (self._incoming or self._pending or self._running):
+                if not (self._forgotten or self._incoming or self._pending or self._running):
                     self._cond.wait()
                     continue
             try:
@@ -269,17 +307,24 @@ class BatchedEngine:
     def _step(self) -> bool:
         """One step: admit, evaluate one batch, sample. False when nothing could run."""
         now = time.monotonic()
-        with self._cond:
+        with self._cond:  # together: a chat forgotten before a submit is gone when it starts
             self._pending.extend(self._incoming)
             self._incoming.clear()
+            forgotten = list(self._forgotten)
+            self._forgotten.clear()
+        self._drop(forgotten)
         self._expire(now)
-        self._admit(now)
+        admitted = self._admit(now)
         entries = self._plan()
         if not entries:
             return False
         self.stats.steps += 1
-        self.stats.step_sequences += len(entries)
+        self.stats.step_sequences += len({id(entry.running) for entry in entries})
         status = self._decode(entries)
+        if self.trace is not None:
+            self.trace.append(StepRecord(now, time.monotonic(), tuple(admitted), tuple(
+                StepPart(e.running.job.id, e.running.slot.seq, len(e.tokens), e.prefill,
+                         e.logits and status == 0) for e in entries)))
         if status == 0:
             self._sample(entries)
             return True
@@ -308,7 +353,21 @@ class BatchedEngine:
             if ended is not None:
                 self._finish(running, ended)
 
-    def _admit(self, now: float) -> None:
+    def _drop(self, keys: list[str]) -> None:
+        for key in keys:
+            slot = next((s for s in self._slots if s.key == key), None)
+            if slot is not None and slot.running is not None:
+                with self._cond:
+                    self._forgotten.append(key)  # again after its reply
+                continue
+            if slot is not None:
+                slot.key = None
+            if self._cache is not None:
+                self._cache.discard(key)
+
+    def _admit(self, now: float) -> list[int]:
+        """Give every waiting job that can start a slot now; the ids of those started."""
+        started: list[int] = []
         for job in list(self._pending):
             if job.key is not None and any(
                     s.running is not None and s.key == job.key for s in self._slots):
@@ -321,9 +380,11 @@ class BatchedEngine:
                 continue
             slot = self._free_slot(job)
             if slot is None:
-                return
+                break
             self._pending.remove(job)
             self._start(job, slot, now)
+            started.append(job.id)
+        return started
 
     def _free_slot(self, job: Job) -> _Slot | None:
         idle = [s for s in self._slots if s.running is None]
@@ -376,15 +437,28 @@ class BatchedEngine:
         self._emit(job, Started(len(prompt), keep, cache))
 
     def _plan(self) -> list[_Entry]:
-        """This step's batch: every decoding reply's next token, then prompt chunks."""
+        """This step's batch: every decoding reply's next token, and of the prompts being
+        read as much as fits in `n_batch`, shortest rest first (all prompts that arrived
+        together are read in this one call, and each is sampled as soon as its last chunk
+        is in; a long prompt takes the room left, so it never holds back short ones).
+        While replies are generating, prompts get `prefill_beside_decoding` tokens a step,
+        so a long prompt delays their next token by a short chunk, not by `n_batch`.
+
+        The batch is laid out in sequence order: over separate KV streams llama.cpp splits
+        a batch into passes of consecutive sequences, so out of order one step would run
+        as several passes over the weights."""
         entries = [_Entry(r, [r.next_token], False, True) for r in self._running
                    if r.next_token is not None]
         room = self.n_batch - len(entries)
-        for running in self._running:
-            if running.todo and room > 0:
-                chunk = running.todo[:room]
-                entries.append(_Entry(running, chunk, True, len(chunk) == len(running.todo)))
-                room -= len(chunk)
+        if entries:
+            room = min(room, self.prefill_beside_decoding)
+        for running in sorted((r for r in self._running if r.todo), key=lambda r: len(r.todo)):
+            if room <= 0:
+                break
+            chunk = running.todo[:room]
+            entries.append(_Entry(running, chunk, True, len(chunk) == len(running.todo)))
+            room -= len(chunk)
+        entries.sort(key=lambda entry: entry.running.slot.seq)
         return entries
 
     def _fill(self, entries: list[_Entry]) -> int:
