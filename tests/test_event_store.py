@@ -8,12 +8,14 @@ the events the library's own `select_notifications` and mapper give.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import psycopg
 import pytest
 
 import tests.postgres as pg
@@ -155,6 +157,25 @@ def test_file_level_commands_refuse_postgres_and_the_rest_work(
     assert cli(["--data-dir", str(tmp_path), "--no-progress", "rebuild"]) == 0
     assert "events replayed" in cli_output(capsys, ["--data-dir", str(tmp_path),
                                                     "--no-progress", "replay"])
+    verify = ["--data-dir", str(tmp_path), "--no-progress", "verify", "--chain-only"]
+    assert "hash chain intact" in cli_output(capsys, verify)
+    tamper(settings, store, 3)  # one stored record gains a byte
+    capsys.readouterr()
+    assert cli(verify) == 1
+    assert "BROKEN at position 3" in capsys.readouterr().out
+
+
+def tamper(settings: Settings, store: str, position: int) -> None:
+    if store == "postgres":
+        with psycopg.connect(settings.event_store, autocommit=True) as pg_db:
+            pg_db.execute("UPDATE chat_events SET state = state || ' '::bytea"
+                          " WHERE notification_id = %s", [position])
+        return
+    db = sqlite3.connect(settings.event_store_path)
+    with db:
+        db.execute("UPDATE stored_events SET state = CAST(state || ' ' AS BLOB)"
+                   " WHERE rowid = ?", (position,))
+    db.close()
 
 
 def cli_output(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

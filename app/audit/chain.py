@@ -19,8 +19,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
-from app.audit.log import Record, records
+from app.audit.log import Record, head, records
 from projections.hashchain import GENESIS, chain_hash, record_bytes
 
 ProgressFn = Callable[[int], None]
@@ -76,19 +77,29 @@ def _link(previous: bytes, record: Record) -> bytes:
         record.state))
 
 
-def verify_chain(log_db: sqlite3.Connection, read_db: sqlite3.Connection,
+class LogRecords(Protocol):
+    """A store's records as stored (the SQLite file is read with sqlite3 directly)."""
+
+    def head(self) -> int: ...
+    def records(self) -> Iterator[Record]: ...
+
+
+def verify_chain(log_db: sqlite3.Connection | LogRecords, read_db: sqlite3.Connection,
                  expect: tuple[int, str] | None = None,
                  progress: ProgressFn | None = None) -> ChainReport:
     """Walk the log and the chain together; stop at the first difference."""
     head_row = read_db.execute("SELECT MAX(position) FROM hash_chain").fetchone()
     chain_head = int(head_row[0] or 0)
-    log_head = int(log_db.execute("SELECT MAX(rowid) FROM stored_events").fetchone()[0] or 0)
+    if isinstance(log_db, sqlite3.Connection):
+        log_head, log_records = head(log_db), records(log_db)
+    else:
+        log_head, log_records = log_db.head(), log_db.records()
     report = ChainReport(log_head, chain_head, GENESIS.hex(), 0, 0, expected=expect)
     chain = _chain_rows(read_db)
     link = next(chain, None)
     previous = GENESIS
     expected_hash: str | None = None
-    for record in records(log_db):
+    for record in log_records:
         if link is not None and link[0] < record.position:
             report.first_bad, report.problem = link[0], "deleted"
             break

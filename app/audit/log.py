@@ -11,12 +11,16 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.persistence import Mapper, StoredEvent
 
+from app.config import Settings
 from app.event_log import LoggedEvent
+
+if TYPE_CHECKING:
+    from app.audit.log_pg import PostgresLog
 
 COLUMNS = "rowid, originator_id, originator_version, topic, state"
 BATCH = 5000
@@ -97,3 +101,20 @@ def decode(mapper: Mapper[UUID], record: Record) -> LoggedEvent:
                          originator_version=record.originator_version,
                          topic=record.topic, state=record.state)
     return LoggedEvent(record.position, mapper.to_domain_event(stored))
+
+
+def open_records(settings: Settings) -> sqlite3.Connection | PostgresLog:
+    """The store's records for `verify`: the SQLite file read-only, or the PostgreSQL table."""
+    from app.event_store import postgres_url
+
+    url = postgres_url(settings)
+    if url is None:
+        return connect_readonly(settings.event_store_path)
+    from app.audit.log_pg import PostgresLog  # psycopg only for PostgreSQL
+    from domain.application import ChatApplication
+
+    return PostgresLog(url, f"{ChatApplication.name.lower()}_events")  # the library's name
+
+
+def head_of(log: sqlite3.Connection | PostgresLog) -> int:
+    return head(log) if isinstance(log, sqlite3.Connection) else log.head()

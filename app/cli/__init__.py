@@ -55,7 +55,6 @@ SQLITE_ONLY = {
     "restore": "use pg_restore into an empty database, then `localchat rebuild`",
     "export": "not available yet",
     "events": "use the admin event browser or GET /api/admin/events/",
-    "verify": "use `localchat replay` (the hash-chain check reads the file)",
     "stats": "use the admin dashboard or GET /api/admin/stats/",
     "replay-session": "use the admin time-travel page",
     "disable-user": "use the admin pages", "enable-user": "use the admin pages",

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from app.audit.chain import ChainReport, verify_chain
-from app.audit.log import connect_readonly
-from app.audit.log import head as log_head
+from app.audit.log import connect_readonly, head_of, open_records
 from app.audit.progress import Progress
 from app.audit.replay import ReplayReport, replay
 from app.audit.store import open_application
@@ -80,13 +79,13 @@ def _parse_expect(text: str | None) -> tuple[int, str] | None:
 
 def _chain(ctx: Context, expect: tuple[int, str] | None) -> ChainReport:
     settings = ctx.settings
-    log = connect_readonly(settings.event_store_path)
+    log = open_records(settings)  # the SQLite file, or the PostgreSQL table
     try:
         if not settings.read_model_path.is_file():
             raise FileNotFoundError("no read models yet: start the server or run 'rebuild'")
         read = connect_readonly(settings.read_model_path)
         try:
-            bar = ctx.progress("checking the hash chain", log_head(log))
+            bar = ctx.progress("checking the hash chain", head_of(log))
             report = verify_chain(log, read, expect, bar.update)
             bar.finish(report.checked + report.unhashed)
         finally:
