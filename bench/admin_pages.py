@@ -90,7 +90,8 @@ async def run(data: Path, app: Any, read_path: Path) -> None:
     read_db = await aiosqlite.connect(read_path)
     read_db.row_factory = aiosqlite.Row
     services = cast(Services, SimpleNamespace(
-        settings=SimpleNamespace(read_model_path=read_path, event_store_path=events_path),
+        settings=SimpleNamespace(read_model_path=read_path, event_store_path=events_path,
+                                 event_store=""),  # "": the SQLite file
         chat=app, event_log=event_log, read_db=read_db))
     db = sqlite3.connect(read_path)
     longest = str(db.execute(
@@ -124,6 +125,8 @@ async def run(data: Path, app: Any, read_path: Path) -> None:
         after = 0
         while True:
             got = await library_log.of_originator(UUID(longest), after, admin.EVENT_PAGE)
+            for logged in got:  # read lazily: decode each, as before
+                logged.event  # noqa: B018
             if len(got) < admin.EVENT_PAGE or got[-1].position > upto:
                 return
             after = got[-1].position
