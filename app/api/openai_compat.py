@@ -93,15 +93,18 @@ def is_openai(request: Request) -> bool:
 # -- routes ------------------------------------------------------------------------------
 
 
-def model_object(services: Services, model_id: str) -> dict[str, Any]:
+def model_object(services: Services, model: dict[str, Any]) -> dict[str, Any]:
     created = int(services.settings.data_dir.stat().st_mtime)
-    return {"id": model_id, "object": "model", "created": created, "owned_by": OWNER}
+    # max_model_len (vLLM's name) tells a LocalChat using this one as its ENGINE_URL the
+    # context it may fill.
+    return {"id": model["id"], "object": "model", "created": created, "owned_by": OWNER,
+            "max_model_len": model["n_ctx"]}
 
 
 async def models(request: Request) -> Response:
     await require_user(request)
     services = services_of(request)
-    data = [model_object(services, m["id"]) for m in llm.list_models(services)]
+    data = [model_object(services, m) for m in llm.list_models(services)]
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -110,7 +113,8 @@ async def model(request: Request) -> Response:
     services = services_of(request)
     found = llm.find_model(services, request.path_params["model_id"])
     assert found is not None  # find_model raises NotFound for an unknown id
-    return JSONResponse(model_object(services, found.id))
+    listed = next(m for m in llm.list_models(services) if m["id"] == found.id)
+    return JSONResponse(model_object(services, listed))
 
 
 async def chat_completions(request: Request) -> Response:
