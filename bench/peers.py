@@ -4,8 +4,10 @@ Same model, same prompts, temperature 0, measured in one invocation:
 - raw engine: llama-cpp-python in this process (`bench.batching.Reference`, one sequence);
 - `python -m llama_cpp.server` (the `llama-cpp-python[server]` extra, same version as ours) in
   the bench's own venv `bench/.venv-peer` (created here on first use), streaming `/v1`;
-- this server as a real uvicorn subprocess: `/v1/chat/completions` (streaming, bearer token)
-  and its own SSE path (post a message, read `/api/sessions/{id}/stream/`).
+- this server as real uvicorn subprocesses (one instance per path, so each path's four chats
+  have the N_PARALLEL slots to themselves, as the peers do): `/v1/chat/completions`
+  (streaming, bearer token) and its own SSE path (post a message, read
+  `/api/sessions/{id}/stream/`).
 
 Per system: one stream (decode tok/s after the first token, first-token time), four
 concurrent streams (completed, aggregate tok/s, worst first token), four interleaved 10-turn
@@ -72,7 +74,7 @@ def peer_python() -> Path:
         found = subprocess.run(check, capture_output=True, text=True)
         if found.returncode == 0 and found.stdout.strip() == version:
             return python
-    print(f"setting up {PEER_VENV.relative_to(ROOT)} with llama-cpp-python[server]=={version}"
+    print(f"setting up {PEER_VENV} with llama-cpp-python[server]=={version}"
           " (first use)", flush=True)
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
@@ -387,7 +389,8 @@ def main() -> None:
     load_start = os.getloadavg()
     print(f"model {MODEL.name}, n_ctx {settings.n_ctx}, threads {settings.n_threads}, "
           f"temperature 0, max_tokens {args.max_tokens} (chats {args.chat_tokens}), "
-          f"llama-cpp-python {metadata.version('llama-cpp-python')}", flush=True)
+          f"llama-cpp-python {metadata.version('llama-cpp-python')}, flash attention on",
+          flush=True)
     python = peer_python()
 
     def fresh(tag: str) -> list[tuple[str, str]]:
@@ -395,26 +398,24 @@ def main() -> None:
         return [(f"{SYSTEM} This is conversation {tag}{n}.", p) for n, p in enumerate(PROMPTS)]
 
     with tempfile.TemporaryDirectory() as tmp:
-        ours = ServerProcess(Path(tmp) / "data", MODEL_PATH=str(MODEL),
-                             N_CTX=str(settings.n_ctx), N_THREADS=str(settings.n_threads))
+        # Two instances of this server, one per path: four chats each, as for the peers (on
+        # one instance the eight chats would share its N_PARALLEL=4 KV slots).
+        ours = [ServerProcess(Path(tmp) / f"data-{path}", MODEL_PATH=str(MODEL),
+                              N_CTX=str(settings.n_ctx), N_THREADS=str(settings.n_threads))
+                for path in ("v1", "sse")]
         peer = PeerServer(python, settings, Path(tmp) / "peer.log")
         reference = Reference(settings, flash_attn=True)  # as batching.py: auto is on here
         count = Counter(reference)
         try:
-            ours.start(timeout=120)
+            for server in ours:
+                server.start(timeout=180)
             peer.start()
-            users = []
-            for _ in range(CONCURRENT):  # four people: register, then sign in (API.md)
-                registered = Api(ours.url).register(password="correct horse")
-                login = httpx.post(f"{ours.url}/api/auth/login/", json={
-                    "username": registered.user["username"], "password": "correct horse"})
-                login.raise_for_status()
-                users.append(Api(ours.url, login.json()["token"]))
+            v1_users, sse_users = (people(server.url) for server in ours)
             systems: list[System] = [
                 RawEngine(reference),
                 V1("llama_cpp.server /v1", peer.url, [None] * CONCURRENT),
-                V1("this server /v1", ours.url, [u.token for u in users]),
-                OurSse(users),
+                V1("this server /v1", ours[0].url, [u.token for u in v1_users]),
+                OurSse(sse_users),
             ]
             results = {s.name: Results() for s in systems}
             for system in systems:  # warm-up: weights paged in, first request paths run
@@ -452,9 +453,22 @@ def main() -> None:
                 results[name].chats = chat_runs
         finally:
             peer.stop()
-            ours.stop()
+            for server in ours:
+                server.stop()
             reference.llm.close()
     report(results, systems, load_start)
+
+
+def people(url: str) -> list[Api]:
+    """Four users of one server: each registers, then signs in (API.md)."""
+    users = []
+    for _ in range(CONCURRENT):
+        registered = Api(url).register(password="correct horse")
+        login = httpx.post(f"{url}/api/auth/login/", json={
+            "username": registered.user["username"], "password": "correct horse"})
+        login.raise_for_status()
+        users.append(Api(url, login.json()["token"]))
+    return users
 
 
 def report(results: dict[str, Results], systems: list[System],
