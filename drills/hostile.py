@@ -375,7 +375,7 @@ def check_live_composer(page: Page, observer: Observer, url: str, seeded: Seeded
     (the same server-side templates as a page load, so every `every`-th payload: each
     one waits for its reply to be stopped)."""
     visit(page, observer, f"{url}/chats/{seeded.live_session}", "typed (live stream)",
-          "chat page, before")
+          "chat page, before", set())
     tally = observer.row("typed (live stream)", "chat page, live")
     observer.current = tally
     for p in payloads[::every]:
@@ -394,12 +394,13 @@ def check_live_composer(page: Page, observer: Observer, url: str, seeded: Seeded
         page.wait_for_function(
             "() => !document.querySelector('.message--queued, .message--streaming')",
             timeout=60_000)
+    typed = {p.n for p in payloads[::every]}
     page.wait_for_timeout(SETTLE_MS)
-    scan(page, tally)
+    scan(page, tally, typed)
     tally.loads = 1
     observer.current = None
     visit(page, observer, f"{url}/chats/{seeded.live_session}", "typed (live stream)",
-          "chat page, reloaded")
+          "chat page, reloaded", typed)
     # A reply finishing in another chat pops a toast naming that chat (the page's second
     # stream, app/pages/signals.py).
     tally = observer.row("title in a toast", "reply finished elsewhere")
@@ -492,7 +493,7 @@ def check_page_import(page: Page, observer: Observer, url: str, seeded: Seeded,
         if p.tag not in (status.text_content() or ""):
             tally.executed.append(f"P{p.n}: refusal did not quote the field (check the drill)")
     page.wait_for_timeout(SETTLE_MS)
-    scan(page, tally)
+    scan(page, tally, {p.n for p in payloads})
     tally.loads = 1
     observer.current = None
 
@@ -651,7 +652,7 @@ def check_control(page: Page, observer: Observer, url: str, seeded: Seeded,
     for p in payloads:
         page.evaluate(CONTROL, p.tagged)
     page.wait_for_timeout(500)
-    scan(page, tally)
+    scan(page, tally, {p.n for p in payloads})
     observer.current = None
 
 
