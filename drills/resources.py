@@ -148,10 +148,25 @@ def wait_until(check: Callable[[], bool], timeout: float, pause: float = 0.5) ->
     return False
 
 
-def replies_closed(api: Api, session_ids: list[str]) -> bool:
-    return all(m["status"] not in OPEN
-               for sid in session_ids
-               for m in api.get(f"/api/sessions/{sid}/messages/").json())
+def wait_closed(api: Api, session_ids: list[str], idle: float = 120, limit: float = 1200
+                ) -> bool:
+    """Wait until no reply of these sessions is queued or streaming. False if one is stuck:
+    nothing changed for `idle` seconds (a slow reply on a loaded machine still moves)."""
+    seen: object = None
+    changed = deadline = time.monotonic()
+    deadline += limit
+    while time.monotonic() < deadline:
+        messages = [m for sid in session_ids
+                    for m in api.get(f"/api/sessions/{sid}/messages/").json()]
+        if all(m["status"] not in OPEN for m in messages):
+            return True
+        now_seen = [(m["id"], m["status"], len(m["content"])) for m in messages]
+        if now_seen != seen:
+            seen, changed = now_seen, time.monotonic()
+        elif time.monotonic() - changed > idle:
+            return False
+        time.sleep(0.5)
+    return False
 
 
 def status_of(api: Api, session_id: str, reply_id: str) -> str:
@@ -250,13 +265,13 @@ def disk_full(work: Path, posts: int = 5, max_tokens: int = 48) -> dict[str, Any
             time.sleep(2)  # the streaming reply tries to record its tokens meanwhile
             filler.unlink()
             sessions = [first["id"], other["id"]]
-            if not wait_until(lambda: replies_closed(api, sessions), 180):
-                problems.append("a reply is still queued or streaming 180 s after the disk"
-                                " had room again")
+            if not wait_closed(api, sessions):
+                problems.append("a reply stayed queued or streaming, unchanged for 120 s, "
+                                "after the disk had room again")
             if not ledger.post(api, first["id"], "공간이 생겼어요. 다시 답해 주세요.", problems):
                 problems.append("posting failed after the disk had room again")
-            elif not wait_until(lambda: status_of(api, first["id"], ledger.acknowledged[-1][2])
-                                == "complete", 180):
+            elif (not wait_closed(api, [first["id"]])
+                  or status_of(api, first["id"], ledger.acknowledged[-1][2]) != "complete"):
                 problems.append("the reply after the recovery did not complete")
             health = api.get("/healthz")
             if health.status_code != 200:
@@ -312,11 +327,11 @@ def read_only_while_running(work: Path, posts: int = 3, max_tokens: int = 96
             problems.append(f"e2fsck: {fsck.returncode} {fsck.stdout[-300:]}")
         subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
         process.start()
-        if not wait_until(lambda: replies_closed(api, [chat["id"]]), 60):
+        if not wait_closed(api, [chat["id"]]):
             problems.append("a reply is still open after the restart")
         if not ledger.post(api, chat["id"], "다시 쓸 수 있어요.", problems):
             problems.append("posting failed after the restart")
-        elif not wait_until(lambda: replies_closed(api, [chat["id"]]), 180):
+        elif not wait_closed(api, [chat["id"]]):
             problems.append("the reply after the restart did not finish")
         ledger.check(api, problems)
         statuses = [status_of(api, s, r) for s, _m, r in ledger.acknowledged]
@@ -353,12 +368,12 @@ def model_vanishes(work: Path, how: str = "delete", max_tokens: int = 64) -> dic
             loaded.unlink()
         else:
             loaded.rename(models / "renamed.bak")
-        wait_until(lambda: status_of(api, chat["id"], reply) not in OPEN, 180)
+        wait_closed(api, [chat["id"]])
         vanished_reply = status_of(api, chat["id"], reply)
         if vanished_reply != "complete":
             problems.append(f"the reply running when the file vanished ended {vanished_reply}")
         again = api.post_message(chat["id"], "한 번 더 답해 주세요.")["reply"]["id"]
-        wait_until(lambda: status_of(api, chat["id"], again) not in OPEN, 180)
+        wait_closed(api, [chat["id"]])
         new_reply = status_of(api, chat["id"], again)
         if new_reply != "complete":
             problems.append(f"a new reply after the file vanished ended {new_reply}")
@@ -383,7 +398,7 @@ def model_vanishes(work: Path, how: str = "delete", max_tokens: int = 64) -> dic
         shutil.copyfile(MODEL, loaded)  # the operator puts a model back and restarts
         process.restart()
         back = api.post_message(chat["id"], "돌아왔나요?")["reply"]["id"]
-        wait_until(lambda: status_of(api, chat["id"], back) not in OPEN, 180)
+        wait_closed(api, [chat["id"]])
         if status_of(api, chat["id"], back) != "complete":
             problems.append("no reply after the restart with the model back")
     finally:
