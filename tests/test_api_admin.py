@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
+from tests.postgres import both_stores
 from tests.server import Api, ServerProcess, assert_error, is_iso_utc
+
+pytestmark = both_stores  # the API on the SQLite and the PostgreSQL store
 
 EVENT_KEYS = {"id", "position", "originator_id", "originator_version", "type", "timestamp",
               "data"}

@@ -6,8 +6,11 @@ import time
 import uuid
 from typing import Any
 
+from tests.postgres import both_stores
 from tests.server import Api, assert_error, is_iso_utc
 from tests.test_api_sessions import MODEL_ID
+
+pytestmark = both_stores  # the API on the SQLite and the PostgreSQL store
 
 LONG_PROMPT = "Write a very long and detailed story about a lighthouse keeper and a storm."
 MESSAGE_KEYS = {"id", "role", "is_user", "content", "timestamp", "status", "token_count",

@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 
+from tests.postgres import both_stores
 from tests.server import Api, assert_error, is_iso_utc
+
+pytestmark = both_stores  # the API on the SQLite and the PostgreSQL store
 
 MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
 DEFAULT_CONFIG = {"system_prompt": "You are a helpful assistant.", "temperature": 0.7,

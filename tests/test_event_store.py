@@ -222,6 +222,8 @@ def test_postgres_going_away_answers_503_and_the_server_goes_on_after(tmp_path: 
         cluster.pause()
         assert_error(api.post("/api/sessions/", json={"title": "폭풍 속"}), 503,
                      "storage_unavailable")
+        health = api.get("/healthz")
+        assert (health.status_code, health.json()["event_store"]) == (503, "error")
         cluster.resume()
         deadline = time.monotonic() + 60
         while (response := api.post("/api/sessions/", json={"title": "폭풍 뒤"})

@@ -7,7 +7,10 @@ from typing import Any
 
 import httpx
 
+from tests.postgres import both_stores
 from tests.server import Api, sse_events
+
+pytestmark = both_stores  # the API on the SQLite and the PostgreSQL store
 
 LONG_PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
 
