@@ -139,6 +139,14 @@ def check_refusal(response: Any, codes: tuple[str, ...], problems: Problems) -> 
         problems.append(f"{error['code']} without Retry-After")
 
 
+def code_of(response: Any) -> str:
+    """The error code of an API error response, or its status line's text."""
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:80]
+
+
 def wait_until(check: Callable[[], bool], timeout: float, pause: float = 0.5) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -405,8 +413,8 @@ def model_vanishes(work: Path, how: str = "delete", max_tokens: int = 64) -> dic
         process.stop()
     return {"case": f"model file {how}d while loaded", "status_when_it_vanished": during,
             "that_reply": vanished_reply, "next_reply": new_reply,
-            "switch_to_unloadable": f"{switch.status_code} {switch.json()['error']['code']}",
-            "then": f"{after.status_code} {after.json()['error']['code']}",
+            "switch_to_unloadable": f"{switch.status_code} {code_of(switch)}",
+            "then": f"{after.status_code} {code_of(after)}",
             "problems": problems}
 
 
