@@ -46,7 +46,6 @@ PROMPT = "서울에 대해 여러 문장으로 자세히 설명해 주세요."
 POST_TEXT = "짧게 한 문장으로 대답해 주세요."
 STREAMS_PER_IDLE_USER = 100
 TIMEOUT = 120.0
-OPENED_AT = 0.0
 
 
 def raise_open_files() -> int:
@@ -303,6 +302,7 @@ class Phase:
     profiled: bool = False  # the server's profiler (if any) runs during this phase
     replies: list[Reply] = field(default_factory=list)
     cpu: float = 0.0
+    client_cpu: float = 0.0  # this drill's own, competing for the same cores
     rss: float = 0.0
     wall: float = 0.0
     load: float = 0.0
@@ -319,7 +319,7 @@ async def sample_rss(pid: int, phase: Phase, stop: asyncio.Event) -> None:
 async def measure(pid: int, replies: Awaitable[list[Reply]], phase: Phase) -> None:
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_rss(pid, phase, stop))
-    cpu, started = cpu_seconds(pid), time.perf_counter()
+    cpu, started, client = cpu_seconds(pid), time.perf_counter(), time.process_time()
     if phase.profiled:
         os.kill(pid, signal.SIGUSR1)
     try:
@@ -328,6 +328,7 @@ async def measure(pid: int, replies: Awaitable[list[Reply]], phase: Phase) -> No
         if phase.profiled:
             os.kill(pid, signal.SIGUSR2)
     phase.cpu += cpu_seconds(pid) - cpu
+    phase.client_cpu += time.process_time() - client
     phase.wall += time.perf_counter() - started
     phase.load = max(phase.load, load_average())
     stop.set()
@@ -396,6 +397,12 @@ async def run_round(http: httpx.AsyncClient, tally: Tally, pid: int, setup: Setu
                     unloaded: Phase, loaded: Phase, max_tokens: int, post_interval: float,
                     rng: random.Random, idle_records: list[Idle],
                     queued: list[tuple[User, str, str]]) -> None:
+    # Warming up, not measured: the prompt in every decoding slot (a new chat starts from
+    # the slot sharing the longest prefix), as the unloaded phase leaves it for the loaded
+    # one; otherwise the posters' chats from the round before would hold the slots.
+    warm = [await new_session(http, tally, u, max_tokens=4) for u in setup.measured]
+    await asyncio.gather(*(stream_reply(http, tally, u, s)
+                           for u, s in zip(setup.measured, warm, strict=True)))
     # Unloaded: the measured replies alone.
     sessions = [await new_session(http, tally, u, title="측정", max_tokens=max_tokens,
                                   temperature=0) for u in setup.measured]
@@ -413,8 +420,7 @@ async def run_round(http: httpx.AsyncClient, tally: Tally, pid: int, setup: Setu
         await asyncio.wait_for(opened.get(), TIMEOUT)
     quiet = await settle(pid)
     progress(f"loaded: {len(idle_tasks)} idle streams open, server quiet after {quiet:.1f} s")
-    global OPENED_AT
-    OPENED_AT = time.perf_counter()
+    opened_at = time.perf_counter()
     sessions = [await new_session(http, tally, u, title="측정", max_tokens=max_tokens,
                                   temperature=0) for u in setup.measured]
     for user in setup.posters:  # a fresh chat each round keeps their prompts short
@@ -447,7 +453,8 @@ async def run_round(http: httpx.AsyncClient, tally: Tally, pid: int, setup: Setu
             task.cancel()
         await asyncio.gather(*idle_tasks, return_exceptions=True)
     idle_records += records
-    worst = sorted(((b - a, b - OPENED_AT) for r in loaded.replies[-len(sessions):]
+    # When the longest gaps fell (after the idle streams opened): a burst shows as a cluster.
+    worst = sorted(((b - a, b - opened_at) for r in loaded.replies[-len(sessions):]
                     for a, b in zip(r.token_times, r.token_times[1:], strict=False)),
                    reverse=True)[:8]
     progress("worst gaps (gap, s after open): " + ", ".join(f"{g:.2f}@{t:.1f}" for g, t in worst))
@@ -521,6 +528,7 @@ def figures_of(phase: Phase) -> dict[str, float]:
         "server_rss_mib": round(phase.rss, 1),
         "server_cpu_s": round(phase.cpu, 2),
         "server_cpu_share": round(phase.cpu / phase.wall, 2) if phase.wall else 0.0,
+        "client_cpu_s": round(phase.client_cpu, 2),
         "load_average": phase.load,
         "posts": phase.posts,
     }
@@ -540,11 +548,6 @@ async def drill(url: str, pid: int, idle: int, replies: int, posters: int, round
         unloaded, loaded = Phase(), Phase(profiled=profiled)
         idle_records: list[Idle] = []
         queued: list[tuple[User, str, str]] = []
-        # Warming up, not measured: the model's first decode, and the prompt in every slot
-        # (a new chat starts from the slot sharing the longest prefix, as in later rounds).
-        warm = [await new_session(http, tally, u, max_tokens=4) for u in setup.measured]
-        await asyncio.gather(*(stream_reply(http, tally, u, s)
-                               for u, s in zip(setup.measured, warm, strict=True)))
         for _ in range(rounds):
             await run_round(http, tally, pid, setup, unloaded, loaded, max_tokens,
                             post_interval, rng, idle_records, queued)
@@ -595,6 +598,7 @@ def show(figures: dict[str, Any]) -> None:
                        ("post_ms", "post answered ms"),
                        ("server_rss_mib", "server RSS MiB"), ("server_cpu_s", "server CPU s"),
                        ("server_cpu_share", "server CPU s / s"),
+                       ("client_cpu_s", "drill client CPU s"),
                        ("load_average", "load average (max)"), ("replies", "replies"),
                        ("posts", "posts")]:
         print(f"{label:22}{figures['unloaded'][key]:>12}{figures['loaded'][key]:>12}")
