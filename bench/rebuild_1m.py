@@ -281,6 +281,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="keep (and reuse) the generated log here")
     parser.add_argument("--sample", type=int, default=200_000,
                         help="events for the per-step breakdown")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the library reference and the rebuild (no search alone,"
+                             " breakdown, vector estimate or queries)")
     parser.add_argument("--vectors", type=int, default=64,
                         help="messages embedded to estimate the vector index (0: skip)")
     args = parser.parse_args()
@@ -299,15 +302,16 @@ def main() -> None:
         print(f"reference: read + decode every event (library)  {wall:6.1f} s wall"
               f"  {cpu:6.1f} s CPU  {head / wall:9,.0f} events/s")
         reference, reference_cpu = wall, cpu
-        wall, cpu, _ = timed(lambda: fast_read_and_decode(app))
-        print(f"the runner's read path: read + decode every event  {wall:6.1f} s wall"
-              f"  {cpu:6.1f} s CPU  {head / wall:9,.0f} events/s")
-        try:
-            wall, cpu, _ = timed(lambda: read_and_parse_raw(events_path))
-            print(f"floor without the library: sqlite3 rows + orjson  {wall:6.1f} s wall"
+        if not args.quick:
+            wall, cpu, _ = timed(lambda: fast_read_and_decode(app))
+            print(f"the runner's read path: read + decode every event  {wall:6.1f} s wall"
                   f"  {cpu:6.1f} s CPU  {head / wall:9,.0f} events/s")
-        except ImportError:
-            pass
+            try:
+                wall, cpu, _ = timed(lambda: read_and_parse_raw(events_path))
+                print(f"floor without the library: sqlite3 rows + orjson  {wall:6.1f} s wall"
+                      f"  {cpu:6.1f} s CPU  {head / wall:9,.0f} events/s")
+            except ImportError:
+                pass
 
         core = [p for p in all_projections() if p.name not in SLOW]
         slow = [p for p in all_projections() if p.name in SLOW]
@@ -322,6 +326,9 @@ def main() -> None:
               f"  {wall / reference:.1f}x the library reference's wall,"
               f" {cpu / reference_cpu:.1f}x its CPU; wall {verdict} the"
               f" {TARGET_SECONDS:.0f} s target, CPU {cpu_verdict} it ({load()})")
+        if args.quick:
+            app.close()
+            return
         for projection in slow:
             wall, cpu, _ = timed(lambda p=projection: rebuild(
                 app, Path(tmp) / f"{p.name}.sqlite", [p]))  # type: ignore[misc]
