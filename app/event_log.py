@@ -35,11 +35,15 @@ class LoggedEvent:
 
     @property
     def event(self) -> DomainEventProtocol[UUID]:
-        if self._event is None:
-            assert self._decode is not None
-            self._event = self._decode(self._row)
-            self._row = self._decode = None
-        return self._event
+        event = self._event
+        if event is None:
+            row, decode = self._row, self._decode
+            if row is None or decode is None:  # another thread decoded it meanwhile
+                assert self._event is not None
+                return self._event
+            event = self._event = decode(row)
+            self._row = self._decode = None  # the encoded form is not needed again
+        return event
 
     @property
     def kind(self) -> str:
