@@ -476,7 +476,7 @@ def report(results: dict[str, Results], systems: list[System],
     raw = results[systems[0].name]
     print()
     print(f"{'':26}| {'1 stream':^22} | {'4 concurrent':^33} | "
-          f"{'4 chats, first token':^31}")
+          f"{'4 chats, first token':^31}".rstrip())
     print(f"{'':26}| {'tok/s':>9} {'1st token':>11} | {'done':>6} {'agg tok/s':>10} "
           f"{'worst 1st token':>15} | {'turn 1':>10} {'turn 10':>9} {'t10/t1':>9}")
     for system in systems:
