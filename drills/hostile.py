@@ -670,8 +670,7 @@ def control_payloads(payloads: list[Payload]) -> list[Payload]:
 
 
 def run_pass(browser: Browser, url: str, seeded: Seeded, payloads: list[Payload], csp: bool,
-             control: list[Payload]) -> Observer:
-    observer = Observer(url)
+             control: list[Payload], observer: Observer) -> None:
     contexts = {}
     pages = {}
     for who, api in (("victim", seeded.victim), ("namer", seeded.namer),
@@ -698,7 +697,6 @@ def run_pass(browser: Browser, url: str, seeded: Seeded, payloads: list[Payload]
     finally:
         for context in contexts.values():
             context.close()
-    return observer
 
 
 def run_once_only(browser: Browser, url: str, seeded: Seeded, payloads: list[Payload],
@@ -780,12 +778,18 @@ def main() -> int:
                                                      args=CHROMIUM_FLAGS)
                 try:
                     for name in passes:
-                        observer = run_pass(browser, server.url, seeded, payloads,
-                                            csp=name == "csp", control=control)
-                        if name == "csp":  # (they add chats: once, with the CSP)
-                            run_once_only(browser, server.url, seeded, payloads, observer,
-                                          args.typed_every)
+                        observer = Observer(server.url)
                         kind = "production CSP" if name == "csp" else "CSP header removed"
+                        try:
+                            run_pass(browser, server.url, seeded, payloads,
+                                     csp=name == "csp", control=control, observer=observer)
+                            if name == "csp":  # (they add chats: once, with the CSP)
+                                run_once_only(browser, server.url, seeded, payloads,
+                                              observer, args.typed_every)
+                        except Exception:
+                            # What was checked before the cut still counts: say it, then fail.
+                            report(f"pass '{name}' ({kind}), CUT SHORT", observer)
+                            raise
                         totals = report(f"pass '{name}' ({kind})", observer)
                         failed |= bool(totals["executed"] or totals["live"]
                                        or not totals["control_caught"])
