@@ -12,7 +12,10 @@ import httpx
 import pytest
 
 from app import security
+from tests.postgres import both_stores
 from tests.server import Api, ServerProcess, assert_error, is_iso_utc
+
+pytestmark = both_stores  # the API on the SQLite and the PostgreSQL store
 
 PASSWORD = "correct horse"
 _addresses = itertools.count(1)

@@ -10,7 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.postgres import both_stores
 from tests.server import Api, ServerProcess, assert_error
+
+pytestmark = both_stores  # the API on the SQLite and the PostgreSQL store
 
 BIG = 5 * 1024 * 1024 + 100 * 1024  # ~5.1 MB, over the 5 MB limit
 

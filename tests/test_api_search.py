@@ -8,8 +8,11 @@ from typing import Any
 
 from playwright.sync_api import BrowserContext, expect
 
+from tests.postgres import both_stores
 from tests.server import Api, ServerProcess, assert_error
 from tests.test_browser import signed_in_page
+
+pytestmark = both_stores  # the API on the SQLite and the PostgreSQL store
 
 GARDEN = "베란다 텃밭에서 방울토마토를 키우고 있는데 잎이 노랗게 변해요"
 
