@@ -14,12 +14,15 @@ reconnect resumes exactly):
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from html import escape
-from typing import Any
 from uuid import UUID
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -29,8 +32,11 @@ from app.http_input import resume_position
 from app.i18n import gettext as _
 from app.services import Services
 from app.usecases import chats
+from app.watch import PositionWatch
 from projections import messages as messages_read
 from projections import sessions as sessions_read
+
+log = logging.getLogger(__name__)
 
 READ_BATCH = 1000
 MAX_REPLAY = 5000  # signals older than this are stale; a far-back resume skips them
@@ -95,22 +101,82 @@ def finished_elsewhere(session_id: str, title: str, status: str) -> str:
     )
 
 
-async def _stream(follower: Follower, after: int) -> AsyncIterator[ServerSentEvent]:
+class QueueMoves:
+    """One reader of the log for every signals stream of the app.
+
+    Each open chat page has a signals stream, and the events it wants (a reply started or
+    ended) are a few among many token batches. Followed per stream, every commit woke every
+    page to read the log again (finding 8 of issue 7, on the page's side); here one task
+    reads each commit once and keeps the recent moves, and a stream wakes only when a move
+    came."""
+
+    KEEP = 1000  # far more moves than a live stream misses between two of its wakes
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self.start = services.head.position  # moves after this are kept here
+        self._read_to = self.start
+        self._moves: deque[tuple[int, str, str]] = deque(maxlen=self.KEEP)
+        self.loop = loop = asyncio.get_running_loop()
+        self.moved = PositionWatch(loop, self.start)  # the position of the newest move
+        self._task = loop.create_task(self._follow(), name="signals: queue moves")
+
+    def after(self, position: int) -> list[tuple[int, str, str]]:
+        """(position, kind, session id) of the kept moves after `position`."""
+        return [move for move in self._moves if move[0] > position]
+
+    async def _follow(self) -> None:
+        services = self._services
+        while True:
+            head = services.head.position
+            try:
+                batch = await services.event_log.select(self._read_to, READ_BATCH)
+            except Exception:  # a failed read must not end every page's signals for good
+                log.exception("signals: reading the log failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            for logged in batch:
+                self._read_to = logged.position
+                if logged.kind in QUEUE_MOVES:
+                    self._moves.append((logged.position, logged.kind,
+                                        str(logged.event.originator_id)))
+                    self.moved.advance(logged.position)
+            if len(batch) < READ_BATCH:
+                await services.head.wait_beyond(max(head, self._read_to), WAIT_SECONDS)
+
+
+def queue_moves(app: Starlette, services: Services) -> QueueMoves:
+    """The app's one QueueMoves, started by the first signals stream."""
+    hub: QueueMoves | None = getattr(app.state, "queue_moves", None)
+    if hub is None or hub.loop is not asyncio.get_running_loop():  # a new loop: a new app run
+        hub = app.state.queue_moves = QueueMoves(services)
+    return hub
+
+
+async def _stream(follower: Follower, after: int, hub: QueueMoves
+                  ) -> AsyncIterator[ServerSentEvent]:
     services = follower.services
-    while True:
-        head = services.head.position
-        batch = await services.event_log.select(after, READ_BATCH)
+    # A resume from before the hub's start reads that stretch of the log itself.
+    while after < hub.start:
+        batch = await services.event_log.select(after, min(READ_BATCH, hub.start - after))
+        if not batch:
+            break
         for logged in batch:
             after = logged.position
-            e: Any = logged.event
-            kind = type(e).__name__
-            if kind not in QUEUE_MOVES:
-                continue
-            html = await follower.render(kind, str(e.originator_id), logged.position)
+            if logged.kind in QUEUE_MOVES:
+                html = await follower.render(logged.kind, str(logged.event.originator_id),
+                                             logged.position)
+                if html:
+                    yield ServerSentEvent(data=html, event="signal", id=str(logged.position))
+    after = max(after, hub.start)
+    while True:
+        seen = hub.moved.position
+        for position, kind, session_id in hub.after(after):
+            after = position
+            html = await follower.render(kind, session_id, position)
             if html:
-                yield ServerSentEvent(data=html, event="signal", id=str(logged.position))
-        if len(batch) < READ_BATCH:
-            await services.head.wait_beyond(head, timeout=WAIT_SECONDS)
+                yield ServerSentEvent(data=html, event="signal", id=str(position))
+        await hub.moved.wait_beyond(max(seen, after), timeout=WAIT_SECONDS)
 
 
 async def signals(request: Request) -> Response:
@@ -120,8 +186,9 @@ async def signals(request: Request) -> Response:
                                         request.query_params.get("session", ""))
     after = max(resume_position(request), services.head.position - MAX_REPLAY)
     follower = Follower(services, user["id"], str(UUID(session["id"])))
+    hub = queue_moves(request.app, services)
     return EventSourceResponse(
-        _stream(follower, after), ping=services.settings.sse_ping_seconds,
+        _stream(follower, after, hub), ping=services.settings.sse_ping_seconds,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
