@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections import Counter, deque
@@ -50,10 +49,11 @@ from app.inference.jobs import (
     Job,
     Started,
     Text,
+    stream_job,
 )
 from app.inference.kv_cache import SeqStateCache
 from app.inference.prompting import ChatPrompter
-from app.inference.sampling import GenerationParams, TextStream, make_sampler, token_bytes
+from app.inference.sampling import TextStream, make_sampler, token_bytes
 
 log = logging.getLogger(__name__)
 
@@ -241,25 +241,9 @@ class BatchedEngine:
         """Replies decoding or waiting for a slot."""
         return len(self._running) + len(self._pending) + len(self._incoming)
 
-    def stream(self, prompt: PreparedPrompt, params: SamplingParams) -> Iterator[Token | Finished]:
-        """The one-reply-at-a-time `Engine` interface over the batching one."""
-        events: queue.Queue[Event] = queue.Queue()
-        job = self.submit(GenerationRequest(
-            prompt.tokens, GenerationParams(params.temperature, params.top_p, params.max_tokens),
-        ), events.put)
-        try:
-            while True:
-                event = events.get()
-                if isinstance(event, Text):
-                    yield Token(event.text)
-                elif isinstance(event, Done):
-                    if event.reason in ("stop", "length"):
-                        yield Finished(event.reason)
-                    return
-                elif isinstance(event, Failed):
-                    raise RuntimeError(event.message)
-        finally:
-            job.cancel()  # a caller that stops iterating ends the reply
+    def stream(self, prompt: PreparedPrompt, params: SamplingParams
+               ) -> Iterator[Token | Finished]:
+        return stream_job(self, prompt, params)
 
     def close(self) -> None:
         """End every open reply as interrupted, save resident chats' states, free the model."""

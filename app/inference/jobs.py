@@ -8,13 +8,21 @@ listener, in order: `Started`, `Text` per generated token, then one `Done` or `F
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.inference.engine import ModelInfo, PreparedPrompt, Turn
+from app.inference.engine import (
+    Finished,
+    ModelInfo,
+    PreparedPrompt,
+    SamplingParams,
+    Token,
+    Turn,
+)
 from app.inference.sampling import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -130,3 +138,26 @@ class JobEngine(Protocol):
                 ) -> PreparedPrompt: ...
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> Job: ...
+
+
+def stream_job(engine: JobEngine, prompt: PreparedPrompt, params: SamplingParams
+               ) -> Iterator[Token | Finished]:
+    """The one-reply-at-a-time `Engine.stream` over an engine taking jobs."""
+    events: queue.Queue[Event] = queue.Queue()
+    job = engine.submit(GenerationRequest(
+        prompt.tokens, GenerationParams(params.temperature, params.top_p, params.max_tokens),
+        turns=prompt.turns,
+    ), events.put)
+    try:
+        while True:
+            event = events.get()
+            if isinstance(event, Text):
+                yield Token(event.text)
+            elif isinstance(event, Done):
+                if event.reason in ("stop", "length"):
+                    yield Finished(event.reason)
+                return
+            elif isinstance(event, Failed):
+                raise RuntimeError(event.message)
+    finally:
+        job.cancel()  # a caller that stops iterating ends the reply

@@ -29,7 +29,6 @@ import itertools
 import json
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -49,15 +48,15 @@ from app.inference.engine import (
 )
 from app.inference.jobs import (
     Done,
-    Event,
     EventSink,
     Failed,
     GenerationRequest,
     Job,
     Started,
     Text,
+    stream_job,
 )
-from app.inference.sampling import GenerationParams, TextStream
+from app.inference.sampling import TextStream
 
 log = logging.getLogger(__name__)
 
@@ -225,25 +224,7 @@ class RemoteEngine:
 
     def stream(self, prompt: PreparedPrompt, params: SamplingParams
                ) -> Iterator[Token | Finished]:
-        """The one-reply-at-a-time `Engine` interface over jobs (as the batching engine)."""
-        events: queue.Queue[Event] = queue.Queue()
-        job = self.submit(GenerationRequest(
-            prompt.tokens, GenerationParams(params.temperature, params.top_p,
-                                            params.max_tokens), turns=prompt.turns,
-        ), events.put)
-        try:
-            while True:
-                event = events.get()
-                if isinstance(event, Text):
-                    yield Token(event.text)
-                elif isinstance(event, Done):
-                    if event.reason in ("stop", "length"):
-                        yield Finished(event.reason)
-                    return
-                elif isinstance(event, Failed):
-                    raise RuntimeError(event.message)
-        finally:
-            job.cancel()  # a caller that stops iterating ends the reply
+        return stream_job(self, prompt, params)
 
     # -- jobs ----------------------------------------------------------------------------
 
