@@ -11,7 +11,7 @@ import aiosqlite
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, StoredEvent
 
-from app.read_connection import connect_read
+from projections.read_connection import connect_read
 from projections.stored_rows import FastDecoder, StoredRow
 
 
@@ -81,7 +81,8 @@ class EventLog:
     @classmethod
     async def open(cls, path: Path, mapper: Mapper[UUID], fast_decode: bool = True
                    ) -> EventLog:
-        # Buffered, so one stream's query never pins another's snapshot (read_connection).
+        # Buffered, so one stream's query never pins another's snapshot
+        # (projections/read_connection.py).
         db = await connect_read(f"file:{path}?mode=ro", uri=True, rows_by_name=False)
         return cls(db, mapper, fast_decode)
 

@@ -20,6 +20,7 @@ from eventsourcing.application import Application
 
 from app.config import Settings
 from app.event_log import EventLog, LoggedEvent
+from projections.database import PostgresReadModels, ReadModels, SQLiteReadModels
 
 SCHEMES = ("postgresql", "postgres")
 CONNECT_TIMEOUT = 5  # seconds to wait for a PostgreSQL connection
@@ -120,3 +121,12 @@ async def open_event_log(settings: Settings, application: Application[UUID]
 
     table: str = getattr(application.recorder, "events_table_name", "chat_events")
     return await PostgresEventLog.open(url, table, application.mapper, CONNECT_TIMEOUT)
+
+
+def read_models_for(settings: Settings) -> ReadModels:
+    """The read models beside the event store: the SQLite file in DATA_DIR, or the schema
+    `read_models` in the PostgreSQL database of EVENT_STORE."""
+    url = postgres_url(settings)
+    if url is None:
+        return SQLiteReadModels(settings.read_model_path)
+    return PostgresReadModels(url)

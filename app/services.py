@@ -25,7 +25,6 @@ from app.inference.registry import ModelFile, ModelRegistry, parse_paths
 from app.inference.remote_engine import RemoteEngine, parse_urls
 from app.inference.switching import ModelSwitcher
 from app.metrics import Metrics
-from app.read_connection import connect_read
 from app.security import (
     LoginLimiter,
     Network,
@@ -41,6 +40,7 @@ from app.watch import ChangeWatch, PositionWatch, StreamCounter
 from domain.application import ChatApplication
 from domain.errors import DomainError
 from projections import messages as messages_read
+from projections.read_connection import connect_read
 from projections.runner import ProjectionRunner
 from projections.vectors import VectorFollower, VectorIndex
 

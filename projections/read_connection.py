@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import aiosqlite
 from aiosqlite.context import contextmanager
@@ -75,6 +75,8 @@ def _query(conn: sqlite3.Connection, sql: str,
 
 
 class ReadConnection(aiosqlite.Connection):
+    dialect: ClassVar[Literal["sqlite"]] = "sqlite"
+
     @contextmanager
     async def execute(  # type: ignore[override]
         self, sql: str, parameters: Iterable[Any] | None = None
