@@ -7,20 +7,23 @@ for the inference actor's thread).
 
 from __future__ import annotations
 
-import sqlite3
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from app.inference.memory import RECALL_LIMIT, Recall
 from app.usecases.search import relevant_messages
 from domain.application import ChatApplication
 from projections import messages as messages_read
-from projections.runner import ProjectionRunner, connect
+from projections.database import ReadModels, SQLiteReadModels
+from projections.runner import ProjectionRunner
 from projections.vectors import VectorIndex
+
+T = TypeVar("T")
 
 SETTLE_SECONDS = 30.0
 # An upper bound on characters per token: history beyond n_ctx * this can never fit.
@@ -41,13 +44,17 @@ class Conversation:
 
 
 class ConversationReader:
-    """Used from the actor's worker thread; one connection of its own."""
+    """Used from the actor's worker thread; one connection of its own (a SQLite file's or
+    PostgreSQL's: `read_models`, or a Path meaning the SQLite file there)."""
 
-    def __init__(self, chat: ChatApplication, runner: ProjectionRunner, path: Path,
-                 n_ctx: int) -> None:
+    def __init__(self, chat: ChatApplication, runner: ProjectionRunner,
+                 read_models: ReadModels | Path, n_ctx: int) -> None:
         self._chat = chat
         self._runner = runner
-        self._db: sqlite3.Connection = connect(path)
+        if isinstance(read_models, Path):
+            read_models = SQLiteReadModels(read_models)
+        self._read_models = read_models
+        self._db = read_models.connect()
         self._lock = threading.Lock()
         self._max_chars = n_ctx * CHARS_PER_TOKEN_BOUND
         # Set once the vector index is open; without it replies keep the newest turns only.
@@ -57,9 +64,8 @@ class ConversationReader:
         if not self._runner.wait_for(position, SETTLE_SECONDS):
             raise HistoryUnavailable(f"read models did not reach position {position}")
         config = self._chat.get_session(session_id).config
-        with self._lock:
-            turns = messages_read.history_before(self._db, str(session_id), str(reply_id),
-                                                 self._max_chars)
+        turns = self._read(lambda db: messages_read.history_before(
+            db, str(session_id), str(reply_id), self._max_chars))
         cut = sum(len(content) for _id, _role, content in turns) >= self._max_chars
         return Conversation(config=dict(config), turns=turns, cut=cut)
 
@@ -71,16 +77,34 @@ class ConversationReader:
             if not found:
                 return []
             ids = [message_id for message_id, *_ in found]
-            with self._lock:
-                earlier = {row[0] for row in self._db.execute(
-                    f"SELECT id FROM messages WHERE session_id = ? AND id IN"
-                    f" ({', '.join('?' * len(ids))}) AND position <"
-                    " (SELECT position FROM messages WHERE id = ?)",
-                    (str(session_id), *ids, str(reply_id)))}
+            earlier = {row[0] for row in self._read(lambda db: db.execute(
+                f"SELECT id FROM messages WHERE session_id = ? AND id IN"
+                f" ({', '.join('?' * len(ids))}) AND position <"
+                " (SELECT position FROM messages WHERE id = ?)",
+                (str(session_id), *ids, str(reply_id))).fetchall())}
             return [(message_id, role, content) for message_id, role, content, _ in found
                     if message_id in earlier]
         return recall
 
+    def _read(self, query: Callable[[Any], T]) -> T:
+        with self._lock:
+            try:
+                return query(self._db)
+            except Exception:
+                if not _broken(self._db):
+                    raise
+            # PostgreSQL restarted since the last reply: one new connection, one retry.
+            with contextlib.suppress(Exception):
+                self._db.close()
+            self._db = self._read_models.connect()
+            return query(self._db)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _broken(db: Any) -> bool:
+    """A PostgreSQL connection the server dropped (a SQLite file's never breaks)."""
+    raw = getattr(db, "raw", None)
+    return raw is not None and bool(raw.closed or raw.broken)

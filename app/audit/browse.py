@@ -79,13 +79,17 @@ class EventFilter:
 class EventBrowser:
     """Queries over one data directory: the read models with the event store attached."""
 
+    # What reading a read model that was never created raises.
+    no_table: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
+
     def __init__(self, read_model_path: Path, event_store_path: Path,
                  mapper: Mapper[UUID]) -> None:
         self.mapper = mapper
         # Without read models (never started, or removed) the log alone still lists;
         # filters then fail on the missing index, which callers report.
         main = f"file:{read_model_path}?mode=ro" if read_model_path.is_file() else ":memory:"
-        self.db = sqlite3.connect(main, uri=True, check_same_thread=False)
+        # The read models: this SQLite file here, PostgreSQL's in browse_pg (same SQL).
+        self.db: Any = sqlite3.connect(main, uri=True, check_same_thread=False)
         self.db.execute("ATTACH DATABASE ? AS log", (f"file:{event_store_path}?mode=ro",))
 
     def close(self) -> None:
@@ -103,7 +107,7 @@ class EventBrowser:
         try:
             row = self.db.execute("SELECT position FROM projection_positions"
                                   " WHERE name = 'event_index'").fetchone()
-        except sqlite3.OperationalError:  # no read models yet
+        except self.no_table:  # no read models yet
             return 0
         return int(row[0]) if row else 0
 
@@ -170,7 +174,7 @@ class EventBrowser:
                                 [str(where.user)])
             if not codes:
                 return []
-            conditions.append("user = ?")
+            conditions.append('"user" = ?')  # quoted: a reserved word in PostgreSQL
             params += codes
         if where.aggregate is not None:
             condition, values = self._of_aggregate(where.aggregate, low, high)

@@ -1,11 +1,13 @@
 """The event browser on a PostgreSQL store: the same index queries on the read models
-(SQLite), the log's own parts (rows by position, one aggregate's positions, the head) read
-from the library's events table. `open_browser` picks the browser for the settings' store.
+(PostgreSQL's, or a SQLite file), the log's own parts (rows by position, one aggregate's
+positions, the head) read from the library's events table. `open_browser` picks the
+browser for the settings' store.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -17,16 +19,27 @@ from psycopg import sql
 from app.audit.browse import EventBrowser, resolve_user
 from app.config import Settings
 from app.event_store import postgres_url
+from projections.database import ReadModels, SQLiteReadModels, dialect_of
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    main = f"file:{path}?mode=ro" if path.is_file() else ":memory:"
+    return sqlite3.connect(main, uri=True, check_same_thread=False)
 
 
 class PostgresEventBrowser(EventBrowser):
-    def __init__(self, read_model_path: Any, url: str, table: str,
+    no_table = (sqlite3.OperationalError, psycopg.errors.UndefinedTable)
+
+    def __init__(self, read_models: ReadModels | Path, url: str, table: str,
                  mapper: Mapper[UUID]) -> None:
         self.mapper = mapper
-        main = f"file:{read_model_path}?mode=ro" if read_model_path.is_file() else ":memory:"
-        self.db = sqlite3.connect(main, uri=True, check_same_thread=False)
+        if isinstance(read_models, SQLiteReadModels):
+            read_models = read_models.path
+        self.db = (_read_only(read_models) if isinstance(read_models, Path)
+                   else read_models.connect())
         self.log = psycopg.connect(url, autocommit=True)
         self._table = sql.Identifier(table)
+        self._table_name = table
 
     def close(self) -> None:
         self.db.close()
@@ -64,6 +77,10 @@ class PostgresEventBrowser(EventBrowser):
         return sorted(int(row[0]) for row in self.log.execute(query, [*params, limit]))
 
     def _of_aggregate(self, aggregate: UUID, low: int, high: int) -> tuple[str, list[Any]]:
+        if dialect_of(self.db) == "postgresql":  # the index beside the log: a subquery
+            quoted = '"' + self._table_name.replace('"', '""') + '"'
+            return (f"position IN (SELECT notification_id FROM public.{quoted}"
+                    " WHERE originator_id = ?)", [aggregate])
         # The index is in another database: the aggregate's positions go in as values
         # (one aggregate's events; SQLite takes up to 32766 of them).
         found = self._log_positions(low, high, aggregate, 32_000, False)
@@ -72,10 +89,15 @@ class PostgresEventBrowser(EventBrowser):
         return f"position IN ({','.join('?' * len(found))})", list(found)
 
 
-def open_browser(settings: Settings, application: Application[UUID]) -> EventBrowser:
+def open_browser(settings: Settings, application: Application[UUID],
+                 read_models: ReadModels | None = None) -> EventBrowser:
+    """The browser for the settings' event store, over `read_models` (the server's; by
+    default the SQLite file in DATA_DIR)."""
     url = postgres_url(settings)
     if url is None:
-        return EventBrowser(settings.read_model_path, settings.event_store_path,
-                            application.mapper)
+        path = (read_models.path if isinstance(read_models, SQLiteReadModels)
+                else settings.read_model_path)
+        return EventBrowser(path, settings.event_store_path, application.mapper)
     table: str = getattr(application.recorder, "events_table_name", "chat_events")
-    return PostgresEventBrowser(settings.read_model_path, url, table, application.mapper)
+    return PostgresEventBrowser(read_models or settings.read_model_path, url, table,
+                                application.mapper)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from app.audit.log import Record, head, records
 from projections.hashchain import GENESIS, chain_hash, record_bytes
@@ -59,7 +59,13 @@ class ChainReport:
                 + (f" ({self.unhashed:,} newer events not hashed yet)" if self.unhashed else ""))
 
 
-def _chain_rows(db: sqlite3.Connection, batch: int = 5000) -> Iterator[tuple[int, bytes]]:
+class ReadModelDB(Protocol):
+    """A read-model connection of either store (sqlite3, or projections.database's)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+
+def _chain_rows(db: ReadModelDB, batch: int = 5000) -> Iterator[tuple[int, bytes]]:
     after = 0
     while True:
         rows = db.execute("SELECT position, hash FROM hash_chain WHERE position > ?"
@@ -84,7 +90,7 @@ class LogRecords(Protocol):
     def records(self) -> Iterator[Record]: ...
 
 
-def verify_chain(log_db: sqlite3.Connection | LogRecords, read_db: sqlite3.Connection,
+def verify_chain(log_db: sqlite3.Connection | LogRecords, read_db: ReadModelDB,
                  expect: tuple[int, str] | None = None,
                  progress: ProgressFn | None = None) -> ChainReport:
     """Walk the log and the chain together; stop at the first difference."""

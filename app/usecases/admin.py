@@ -24,7 +24,9 @@ from app.audit.browse import (
     resolve_type,
 )
 from app.audit.event_view import event_view
+from app.config import Settings
 from app.event_log import LoggedEvent
+from app.event_store import postgres_url
 from app.services import Services
 from app.usecases import chats, fields
 from app.usecases.errors import N_, Conflict, InvalidInput, NotFound
@@ -65,6 +67,12 @@ async def _browse(services: Services, work: Callable[[EventBrowser], T]) -> T:
     return await anyio.to_thread.run_sync(run)
 
 
+def store_key(settings: Settings) -> str:
+    """Which event store the caches below describe: the PostgreSQL URL, or the SQLite
+    file (two stores never share a cached figure or event)."""
+    return postgres_url(settings) or str(settings.event_store_path)
+
+
 def shown_event(logged: LoggedEvent) -> dict[str, Any]:
     """An event as the admin sees it: `event_view` with every secret field redacted."""
     view = event_view(logged)
@@ -102,7 +110,7 @@ THROUGHPUT_TTL = 10.0  # seconds: every open dashboard redraws often; a bucket i
 async def throughput(services: Services, now: datetime | None = None) -> Throughput:
     """Tokens/s and time to first token of the replies completed in the last hour (read
     again at most every THROUGHPUT_TTL seconds: it decodes each of those replies)."""
-    key = str(services.settings.event_store_path)
+    key = store_key(services.settings)
     cached = _throughput_cache.get(key)
     if now is None and cached and time.monotonic() - cached[0] < THROUGHPUT_TTL:
         return cached[1]
@@ -411,7 +419,7 @@ class SessionEventCache:
         self._sessions: OrderedDict[tuple[str, UUID], tuple[LoggedEvent, ...]] = OrderedDict()
 
     async def events(self, services: Services, session_id: UUID) -> tuple[LoggedEvent, ...]:
-        key = (str(services.settings.event_store_path), session_id)
+        key = (store_key(services.settings), session_id)
         known = self._sessions.get(key, ())
         after = known[-1].position if known else 0
         while True:
