@@ -5,6 +5,13 @@ commit (and polls every second as a fallback), then reads the log from the lowes
 any projection has applied. Each projection's rows and its position are written in the
 same transaction, so a crash never applies an event twice or skips one.
 
+The read models are a SQLite file or a schema in PostgreSQL (`projections.database`). On
+PostgreSQL several workers share them: one runner leads (an advisory lock,
+`projections.leader`) and applies the log, woken by the event store's NOTIFY; the others
+follow, reading the committed positions when the leader's NOTIFY says they moved, and
+take the lead when it dies. Positions move by compare-and-set, so even two runners that
+both believe they lead never apply an event twice.
+
 The log is read through `projections.stored_rows.open_source`: the store's rows read and
 decoded directly where it knows the store (SQLite on a file), the library's
 `select_notifications` and mapper anywhere else; both give the same events.
@@ -18,6 +25,7 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +35,17 @@ from eventsourcing.application import Application
 
 from projections.base import Projection
 from projections.batch import BatchProjection
+from projections.database import PostgresReadModels, ReadModels, SQLiteReadModels
 from projections.event_index import EventIndexProjection
 from projections.hashchain import HashChainProjection
+from projections.leader import (
+    APPLIED_CHANNEL,
+    REBUILD_CHANNEL,
+    AdvisoryLock,
+    Listener,
+    lock_key,
+    notify,
+)
 from projections.messages import MessagesProjection
 from projections.search import SearchProjection
 from projections.sessions import SessionsProjection
@@ -49,6 +66,17 @@ POLL_SECONDS = 1.0
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 FAILING_AFTER = 2
+# The advisory lock of the runner that applies the log (per read-model schema).
+LOCK_NAME = "localchat.projections"
+
+
+class PositionsMoved(Exception):
+    """Another runner committed positions this one had read before applying a batch (it
+    applied those events): the batch is rolled back, and this runner follows."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the position of projection {name} moved under this runner")
+        self.name = name
 
 
 def all_projections() -> list[Projection]:
@@ -83,41 +111,45 @@ def set_aside_if_corrupt(path: Path) -> bool:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    # Read models can always be rebuilt from the log, so they need not wait for the disk.
-    db.execute("PRAGMA synchronous=NORMAL")
-    return db
+    """A connection to the read-model file at `path` (WAL, autocommit)."""
+    return SQLiteReadModels(path).connect()
 
 
 class ProjectionRunner:
     def __init__(
         self,
         application: Application,
-        path: Path,
+        read_models: ReadModels | Path,
         projections: Sequence[Projection] | None = None,
         source: LogSource | None = None,
     ) -> None:
+        """`read_models`: where the read models live; a Path means the SQLite file there."""
         self._application = application
         # How the log is read: by default the fastest way this store allows.
         self._source: LogSource = source or open_source(application)
-        self.path = path
+        if isinstance(read_models, Path):
+            read_models = SQLiteReadModels(read_models)
+        self.read_models: ReadModels = read_models
+        # The SQLite file, or None on PostgreSQL.
+        self.path: Path | None = (read_models.path if isinstance(read_models, SQLiteReadModels)
+                                  else None)
+        self._pg: PostgresReadModels | None = None
+        if read_models.dialect == "postgresql":
+            if not isinstance(read_models, PostgresReadModels):
+                raise TypeError(f"no runner for read models in {read_models.describe()}")
+            self._pg = read_models
         self._projections = {p.name: p for p in (projections or all_projections())}
-        set_aside_if_corrupt(path)
-        self._db = connect(path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS projection_positions"
-            " (name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS projection_versions"
-            " (name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-        )
-        for projection in self._projections.values():
-            self._prepare(projection)
+        if self.path is not None:
+            set_aside_if_corrupt(self.path)
+        # sqlite3.Connection or database.PostgresDB: the same calls.
+        self._db: Any = read_models.connect()
+        # On PostgreSQL only the holder of this lock applies the log; SQLite has one process.
+        self._leadership: AdvisoryLock | None = None if self._pg is None else AdvisoryLock(
+            self._pg.url, f"{LOCK_NAME}:{self._pg.schema}")
+        self._prepare_all()
         # Positions for callers on other threads (the admin API on the event loop): a
         # connection of its own sees committed positions without waiting for a catch-up.
-        self._reader = connect(path)
+        self._reader: Any = read_models.connect()
         self._reader_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
@@ -133,38 +165,100 @@ class ProjectionRunner:
         self._listeners: list[Callable[[int], None]] = []
         self._applied = 0
         self._applied_changed = threading.Condition()
+        # The lowest position a follower last told its listeners.
+        self._followed: int | None = None
+        self._listener: Listener | None = None
         self.failures = 0  # failed updates in a row
+
+    def _prepare_all(self) -> None:
+        if self._pg is None:
+            self._create_bookkeeping()
+            for projection in self._projections.values():
+                self._prepare(projection)
+            return
+        # Workers starting together prepare one at a time: concurrent CREATE ... IF NOT
+        # EXISTS of one table can fail in PostgreSQL's catalog. One transaction: DDL is
+        # transactional there, so a crash part-way leaves nothing half made.
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.execute("SELECT pg_advisory_xact_lock(?)",
+                       (lock_key(f"{LOCK_NAME}.prepare:{self._pg.schema}"),))
+            self._create_bookkeeping()
+            for projection in self._projections.values():
+                self._prepare(projection)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _create_bookkeeping(self) -> None:
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS projection_positions"
+            " (name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS projection_versions"
+            " (name TEXT PRIMARY KEY, version BIGINT NOT NULL)"
+        )
 
     def _prepare(self, projection: Projection) -> None:
         """Create the projection's tables; tables of an older shape are dropped and replayed.
 
-        Each step is idempotent (executescript commits on its own), so a crash part-way
-        through simply repeats the preparation at the next start."""
+        On SQLite each step is idempotent (executescript commits on its own), so a crash
+        part-way through simply repeats the preparation at the next start."""
         row = self._db.execute("SELECT version FROM projection_versions WHERE name = ?",
                                (projection.name,)).fetchone()
-        existed = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
-                                   (projection.tables[0],)).fetchone() is not None
+        existing = self._existing_tables(projection.tables)
         # Tables from before versions were recorded are version 1.
-        stored = row[0] if row else (1 if existed else projection.version)
-        if stored != projection.version:
+        stored = row[0] if row else (1 if projection.tables[0] in existing
+                                     else projection.version)
+        changed = stored != projection.version
+        if changed:
             log.info("projection %s changed shape (v%d -> v%d); replaying the log",
                      projection.name, stored, projection.version)
             projection.drop(self._db)
             self._db.execute("DELETE FROM projection_positions WHERE name = ?",
                              (projection.name,))
-        projection.create(self._db)
-        self._db.execute("INSERT OR IGNORE INTO projection_positions VALUES (?, 0)",
-                         (projection.name,))
-        self._db.execute("INSERT OR REPLACE INTO projection_versions VALUES (?, ?)",
+        # On PostgreSQL, DDL on a table the leader writes waits for its transaction (and
+        # can deadlock with it): a worker joining a running cluster leaves them alone.
+        if self._pg is None or changed or len(existing) < len(projection.tables):
+            projection.create(self._db)
+        self._db.execute("INSERT INTO projection_positions (name, position) VALUES (?, 0)"
+                         " ON CONFLICT (name) DO NOTHING", (projection.name,))
+        self._db.execute("INSERT INTO projection_versions (name, version) VALUES (?, ?)"
+                         " ON CONFLICT (name) DO UPDATE SET version = excluded.version",
                          (projection.name, projection.version))
+
+    def _existing_tables(self, tables: Sequence[str]) -> set[str]:
+        marks = ", ".join("?" * len(tables))
+        if self._pg is None:
+            rows = self._db.execute(f"SELECT name FROM sqlite_master WHERE name IN ({marks})",
+                                    tuple(tables)).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT table_name FROM information_schema.tables"
+                f" WHERE table_schema = ? AND table_name IN ({marks})",
+                (self._pg.schema, *tables)).fetchall()
+        return {row[0] for row in rows}
 
     @property
     def names(self) -> list[str]:
         return list(self._projections)
 
+    @property
+    def is_leader(self) -> bool:
+        """This runner applies the log (always on SQLite; on PostgreSQL while it holds the
+        cluster's lock, as of its last catch-up)."""
+        return self._leadership is None or self._leadership.held
+
     def positions(self) -> dict[str, int]:
         """Committed positions; never waits for a running catch-up or rebuild."""
         with self._reader_lock:
+            if self._pg is not None and (self._reader.raw.closed or self._reader.raw.broken):
+                with contextlib.suppress(Exception):
+                    self._reader.close()
+                self._reader = self._pg.connect()
             rows = self._reader.execute(
                 "SELECT name, position FROM projection_positions").fetchall()
         return {name: position for name, position in rows if name in self._projections}
@@ -177,6 +271,14 @@ class ProjectionRunner:
 
     def start(self) -> None:
         self.rebuild_chunk = self.rebuild_chunk or REBUILD_CHUNK
+        if self._pg is not None:
+            # The leader wakes on the event store's NOTIFY (commits of every worker), the
+            # followers on the leader's.
+            channels = [APPLIED_CHANNEL, REBUILD_CHANNEL]
+            events = getattr(self._application.recorder, "channel_name", None)
+            if isinstance(events, str):
+                channels.append(events)
+            self._listener = Listener(self._pg.url, channels, self._on_notify).start()
         self._thread = threading.Thread(target=self._run, name="projections", daemon=True)
         self._thread.start()
 
@@ -185,19 +287,47 @@ class ProjectionRunner:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._db.close()
+        if self._listener is not None:
+            self._listener.stop()
+        if self._rebuild is not None:
+            self._rebuild.discard(self._db)
+            self._rebuild = None
+        with contextlib.suppress(Exception):  # a PostgreSQL connection may be dead already
+            self._db.close()
         self._source.close()
-        with self._reader_lock:
+        with self._reader_lock, contextlib.suppress(Exception):
             self._reader.close()
+        if self._leadership is not None:  # last: nothing is written after it is given up
+            self._leadership.release()
 
     def wake(self, _head: int | None = None) -> None:
         self._wakeup.set()
 
     def request_rebuild(self, name: str) -> None:
+        """Rebuild `name` from the log; on PostgreSQL, by whichever runner leads."""
         if name not in self._projections:
             raise KeyError(name)
+        if not self._lead():
+            with self._reader_lock:
+                notify(self._reader, REBUILD_CHANNEL, name)  # autocommit: sent at once
+            return
         with self._rebuilds_lock:
             self._rebuilds.add(name)
+        self._wakeup.set()
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        """A notification (on the listening thread): wake the runner when it concerns it."""
+        leading = self.is_leader
+        if channel == REBUILD_CHANNEL:
+            if not leading or payload not in self._projections:
+                return
+            with self._rebuilds_lock:
+                self._rebuilds.add(payload)
+        elif channel == APPLIED_CHANNEL:
+            if leading:  # its own
+                return
+        elif channel and not leading:  # the event store's: for the leader
+            return
         self._wakeup.set()
 
     @property
@@ -225,20 +355,66 @@ class ProjectionRunner:
                     self._applied_changed.notify_all()
 
     def catch_up(self) -> int:
-        """Apply everything committed so far; returns the lowest position reached."""
-        with self._lock:
-            self._apply_rebuilds()
-            if self._apply_batch(BATCH_SIZE) == BATCH_SIZE:
-                with _bulk_replay():  # behind: bigger reads until the head
-                    while self._apply_batch(CATCH_UP_BATCH) == CATCH_UP_BATCH:
-                        pass
-            low = min(self._positions_locked().values())
+        """Apply everything committed so far; returns the lowest position reached.
+
+        A runner that does not lead (PostgreSQL, another worker holds the lock) applies
+        nothing: it reads the committed positions the leader reached."""
+        if not self._lead():
+            return self._follow()
+        try:
+            with self._lock:
+                self._reconnect_if_broken()
+                self._apply_rebuilds()
+                if self._apply_batch(BATCH_SIZE) == BATCH_SIZE:
+                    with _bulk_replay():  # behind: bigger reads until the head
+                        while self._apply_batch(CATCH_UP_BATCH) == CATCH_UP_BATCH:
+                            pass
+                low = min(self._positions_locked().values())
+        except PositionsMoved as moved:  # another runner applied them: nothing was written
+            log.warning("%s; following the runner that moved it", moved)
+            return self._follow()
+        self._followed = low
         with self._applied_changed:
             self._applied = max(self._applied, low)
             self._applied_changed.notify_all()
         for listener in self._listeners:
             listener(low)
         return low
+
+    def _lead(self) -> bool:
+        """Whether this runner may apply the log now (taking the lead if it is free)."""
+        if self._leadership is None:
+            return True
+        if self._leadership.try_acquire():
+            return True
+        if self._rebuild is not None:  # lost the lead mid-rebuild: the next leader redoes it
+            with self._lock:
+                fresh, self._rebuild = self._rebuild, None
+                if fresh is not None:
+                    fresh.discard(None)
+                    self.rebuild_progress = {}
+                    with self._rebuilds_lock:
+                        self._rebuilds.update(fresh.names)
+        return False
+
+    def _follow(self) -> int:
+        """What a runner that does not apply the log knows: the committed positions."""
+        low = min(self.positions().values(), default=0)
+        told, self._followed = self._followed, low
+        with self._applied_changed:
+            self._applied = max(self._applied, low)
+            self._applied_changed.notify_all()
+        if low != told:
+            for listener in self._listeners:
+                listener(low)
+        return low
+
+    def _reconnect_if_broken(self) -> None:
+        """PostgreSQL restarted or cut the connection: the next attempt uses a new one."""
+        if self._pg is not None and (self._db.raw.closed or self._db.raw.broken):
+            with contextlib.suppress(Exception):
+                self._db.close()
+            self._db = self._pg.connect()
 
     def wait_for(self, position: int, timeout: float) -> bool:
         """Block until every projection has applied `position`; False on timeout.
@@ -273,7 +449,13 @@ class ProjectionRunner:
                 self._rebuilds.clear()
             if not names:
                 return
-            self._rebuild = _FreshCopy.start(self.path, names, self._projections)
+            try:
+                self._rebuild = _FreshCopy.start(self.read_models, self._db, names,
+                                                 self._projections)
+            except BaseException:
+                with self._rebuilds_lock:
+                    self._rebuilds.update(names)
+                raise
         fresh = self._rebuild
         limit = self.rebuild_chunk
         try:
@@ -287,7 +469,7 @@ class ProjectionRunner:
                 self._wakeup.set()  # more to do: the next pass continues after the live log
         except BaseException:
             self._rebuild = None
-            fresh.discard()
+            fresh.discard(self._db)
             self.rebuild_progress = {}
             with self._rebuilds_lock:
                 self._rebuilds.update(fresh.names)
@@ -312,37 +494,61 @@ class ProjectionRunner:
         return False
 
     def _swap_in(self, fresh: _FreshCopy) -> None:
+        """The fresh copy's rows replace the live ones, and the live log since its last
+        pass is applied, in one transaction: readers see the old rows until the commit."""
         fresh.db.close()
-        self._db.execute("ATTACH DATABASE ? AS fresh", (str(fresh.path),))
-        try:
+        with fresh.attached(self._db) as source:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                positions = self._positions_locked()
                 for name in fresh.names:
                     for table in self._projections[name].tables:
-                        columns = _copy_columns(self._db, table)
-                        self._db.execute(f"DELETE FROM main.{table}")
-                        self._db.execute(f"INSERT INTO main.{table} ({columns})"
-                                         f" SELECT {columns} FROM fresh.{table}")
-                    self._db.execute("UPDATE projection_positions SET position = ?"
-                                     " WHERE name = ?", (fresh.position, name))
+                        self._copy_table(table, source)
+                    self._move_positions({name: positions[name]}, {name: fresh.position})
                 while True:  # what the live log gained since the fresh copy's last pass
                     positions, records, events = self._next_batch(BATCH_SIZE)
                     if records:
                         self._apply(positions, records, events)
                     if len(records) < BATCH_SIZE:
                         break
+                self._announce(min(self._positions_locked().values()))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        finally:
-            self._db.execute("DETACH DATABASE fresh")
         self._rebuild = None
-        fresh.discard()
+        fresh.discard(self._db)
         self.rebuild_progress = {}
         log.info("projections %s rebuilt from the log up to position %d (beside the live"
-                 " file, then swapped in)", ", ".join(fresh.names),
+                 " ones, then swapped in)", ", ".join(fresh.names),
                  min(self._positions_locked().values()))
+
+    def _copy_table(self, table: str, source: str) -> None:
+        """Replace the live `table`'s rows with those of `source`.`table`."""
+        if self._pg is None:
+            columns = _copy_columns(self._db, table)
+            self._db.execute(f"DELETE FROM main.{table}")
+            self._db.execute(f"INSERT INTO main.{table} ({columns})"
+                             f" SELECT {columns} FROM {source}.{table}")
+            return
+        live = _quoted(self._pg.schema)
+        # Generated columns compute themselves; identity and serial columns are copied
+        # as they are, and their sequences then continue after the highest copied value.
+        rows = self._db.execute(
+            "SELECT column_name, pg_get_serial_sequence("
+            "quote_ident(table_schema) || '.' || quote_ident(table_name), column_name)"
+            " FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
+            " AND is_generated = 'NEVER' ORDER BY ordinal_position",
+            (self._pg.schema, table)).fetchall()
+        columns = ", ".join(_quoted(row[0]) for row in rows)
+        self._db.execute(f"DELETE FROM {live}.{table}")
+        self._db.execute(f"INSERT INTO {live}.{table} ({columns}) OVERRIDING SYSTEM VALUE"
+                         f" SELECT {columns} FROM {source}.{table}")
+        for column, sequence in rows:
+            if sequence is not None:
+                self._db.execute(
+                    f"SELECT setval(?, COALESCE(MAX({_quoted(column)}), 0) + 1, false)"
+                    f" FROM {live}.{table}", (sequence,))
 
     def _next_batch(self, size: int
                     ) -> tuple[dict[str, int], Sequence[StoredRecord], list[Event]]:
@@ -351,14 +557,32 @@ class ProjectionRunner:
         return positions, records, events
 
     def _apply(self, positions: dict[str, int], records: Sequence[StoredRecord],
-               events: list[Event]) -> None:
-        """Apply one batch to every projection that has not seen it (inside a transaction)."""
+               events: list[Event]) -> int:
+        """Apply one batch to every projection that has not seen it (inside a transaction);
+        returns the lowest position reached."""
+        last = records[-1].id
+        moved = {name: max(applied, last) for name, applied in positions.items()}
+        # Positions first: a second writer with the same positions waits here for the
+        # first one's commit, then finds them moved and applies nothing.
+        self._move_positions(positions, moved)
         _apply_to(self._db, self._projections, positions, records, events)
-        for name, applied in positions.items():
-            self._db.execute(
-                "UPDATE projection_positions SET position = ? WHERE name = ?",
-                (max(applied, records[-1].id), name),
-            )
+        return min(moved.values())
+
+    def _move_positions(self, old: dict[str, int], new: dict[str, int]) -> None:
+        """Compare-and-set each changed position (inside the caller's transaction)."""
+        for name, position in new.items():
+            if position == old[name]:
+                continue
+            cursor = self._db.execute(
+                "UPDATE projection_positions SET position = ? WHERE name = ? AND position = ?",
+                (position, name, old[name]))
+            if cursor.rowcount != 1:
+                raise PositionsMoved(name)
+
+    def _announce(self, low: int) -> None:
+        """On PostgreSQL, wake the followers when this transaction commits."""
+        if self._pg is not None:
+            notify(self._db, APPLIED_CHANNEL, str(low))
 
     def _apply_batch(self, size: int = BATCH_SIZE) -> int:
         positions, records, events = self._next_batch(size)
@@ -366,7 +590,7 @@ class ProjectionRunner:
             return 0
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._apply(positions, records, events)
+            self._announce(self._apply(positions, records, events))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -374,7 +598,7 @@ class ProjectionRunner:
         return len(records)
 
 
-def _apply_to(db: sqlite3.Connection, projections: dict[str, Projection],
+def _apply_to(db: Any, projections: dict[str, Projection],
               positions: dict[str, int], records: Sequence[StoredRecord],
               events: list[Event]) -> None:
     """Apply a batch to each projection that has not seen it, in `db` (no positions).
@@ -400,7 +624,7 @@ def _apply_to(db: sqlite3.Connection, projections: dict[str, Projection],
         _apply_handlers(db, plain, whole)
 
 
-def _apply_handlers(db: sqlite3.Connection, projections: list[Projection],
+def _apply_handlers(db: Any, projections: list[Projection],
                     batch: list[tuple[StoredRecord, Event]]) -> None:
     """Each event to the `on_*` handlers the projections have for its class, in log order
     (each projection sees its events in order; they write tables of their own)."""
@@ -450,31 +674,68 @@ def _copy_columns(db: sqlite3.Connection, table: str) -> str:
     return ", ".join(names if without_rowid else ["rowid", *names])
 
 
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 @dataclass
 class _FreshCopy:
-    """Projections being rebuilt in a file of their own beside the live one."""
+    """Projections being rebuilt beside the live ones: in a file of their own (SQLite), or
+    a schema of their own (PostgreSQL: `<schema>_rebuild_<random>`, so that a runner that
+    lost the lead without noticing yet never writes into its successor's copy)."""
 
     names: list[str]
-    path: Path
-    db: sqlite3.Connection
+    db: Any
     projections: dict[str, Projection]
+    path: Path | None = None
+    schema: str | None = None
     position: int = 0
 
     @classmethod
-    def start(cls, live: Path, names: list[str],
+    def start(cls, live: ReadModels, live_db: Any, names: list[str],
               projections: dict[str, Projection]) -> _FreshCopy:
-        path = live.with_name(f"{live.name}.rebuild")
-        _remove(path)
-        db = connect(path)
         fresh = {name: type(projections[name])() for name in names}  # no shared caches
+        if isinstance(live, PostgresReadModels):
+            prefix = f"{live.schema}_rebuild_"
+            for (stale,) in live_db.execute(
+                    "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname::text, ?)",
+                    (prefix,)).fetchall():  # left by an earlier leader
+                live_db.execute(f"DROP SCHEMA IF EXISTS {_quoted(stale)} CASCADE")
+            schema = prefix + uuid.uuid4().hex[:8]
+            db = PostgresReadModels(live.url, schema).connect()
+            copy = cls(names, db, fresh, schema=schema)
+        else:
+            assert isinstance(live, SQLiteReadModels)
+            path = live.path.with_name(f"{live.path.name}.rebuild")
+            _remove(path)
+            copy = cls(names, connect(path), fresh, path=path)
         for projection in fresh.values():
-            projection.create(db)
-        return cls(names, path, db, fresh)
+            projection.create(copy.db)
+        return copy
 
-    def discard(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
+    @contextlib.contextmanager
+    def attached(self, live_db: Any) -> Iterator[str]:
+        """Where the live connection reads the copy's tables from (by this prefix)."""
+        if self.schema is not None:
+            yield _quoted(self.schema)
+            return
+        live_db.execute("ATTACH DATABASE ? AS fresh", (str(self.path),))
+        try:
+            yield "fresh"
+        finally:
+            live_db.execute("DETACH DATABASE fresh")
+
+    def discard(self, live_db: Any | None) -> None:
+        """Close and remove the copy (on PostgreSQL through `live_db`, when it works)."""
+        with contextlib.suppress(Exception):
             self.db.close()
-        _remove(self.path)
+        if self.path is not None:
+            _remove(self.path)
+        elif self.schema is not None and live_db is not None:
+            try:
+                live_db.execute(f"DROP SCHEMA IF EXISTS {_quoted(self.schema)} CASCADE")
+            except Exception:  # left for the next rebuild to drop
+                log.warning("could not drop the rebuild schema %s", self.schema, exc_info=True)
 
 
 def _remove(path: Path) -> None:
