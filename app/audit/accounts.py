@@ -7,13 +7,12 @@ has queued for a user whose reply was cancelled here is skipped when its turn co
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from uuid import UUID
 
 from eventsourcing.persistence import Mapper
 
-from app.audit.export import sessions_of
+from app.audit.export import Log, sessions_of
 from app.security import hash_password
 from domain.application import ChatApplication
 from domain.errors import NotFound
@@ -38,8 +37,8 @@ def open_replies(chat: ChatApplication, session_ids: list[UUID]) -> list[tuple[U
     return found
 
 
-def disable_user(chat: ChatApplication, log_db: sqlite3.Connection, mapper: Mapper[UUID],
-                 user_id: UUID, by: UUID | None = None) -> Disabled:
+def disable_user(chat: ChatApplication, log_db: Log, mapper: Mapper[UUID], user_id: UUID,
+                 by: UUID | None = None) -> Disabled:
     """Disable the account, then cancel its open replies (found from the log itself)."""
     position = chat.disable_user(user_id, by)
     replies = open_replies(chat, sessions_of(log_db, mapper, user_id))

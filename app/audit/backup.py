@@ -11,7 +11,9 @@ repeats work), and last the event log. Every event committed before the backup s
 in it.
 
 A backup directory holds those files, the `secret_key` if there is one, and
-`manifest.json` (what was copied, the log head and the hash-chain head).
+`manifest.json` (what was copied, the log head and the hash-chain head). Beside a
+PostgreSQL store, app/audit/backup_pg.py backs up with `pg_dump` instead, reusing the
+followers' copy from here.
 """
 
 from __future__ import annotations
@@ -103,6 +105,20 @@ class BackupReport:
                 "files": self.files}
 
 
+def copy_followers(data_dir: Path, target: Path) -> list[str]:
+    """Copy what follows the log (read models, vector position, vector index) to `target`;
+    the names copied. Called before the log itself is copied."""
+    files = []
+    for name in FOLLOWERS:
+        if (data_dir / name).is_file():
+            copy_sqlite(data_dir / name, target / name)
+            files.append(name)
+    if (data_dir / CHROMA).is_dir():
+        _copy_chroma(data_dir / CHROMA, target / CHROMA)
+        files.append(CHROMA + "/")
+    return files
+
+
 def backup(data_dir: Path, target: Path) -> BackupReport:
     source_events = data_dir / EVENTS
     if not source_events.is_file():
@@ -110,14 +126,7 @@ def backup(data_dir: Path, target: Path) -> BackupReport:
     if target.exists() and any(target.iterdir()):
         raise BackupError(f"{target} is not empty; back up into a new directory")
     target.mkdir(parents=True, exist_ok=True)
-    files = []
-    for name in FOLLOWERS:  # first: never ahead of the log copied last
-        if (data_dir / name).is_file():
-            copy_sqlite(data_dir / name, target / name)
-            files.append(name)
-    if (data_dir / CHROMA).is_dir():
-        _copy_chroma(data_dir / CHROMA, target / CHROMA)
-        files.append(CHROMA + "/")
+    files = copy_followers(data_dir, target)  # first: never ahead of the log copied last
     copy_sqlite(source_events, target / EVENTS)
     files.append(EVENTS)
     if (data_dir / SECRET).is_file():
@@ -143,21 +152,10 @@ def holds_events(path: Path) -> bool:
         return True  # something is there; do not overwrite it without being told to
 
 
-def restore(source: Path, data_dir: Path, force: bool = False) -> BackupReport:
-    """Put a backup in place. Refuses a data directory that already holds events unless
-    `force` (stop the server first: it keeps the old log's state in memory)."""
-    manifest_path = source / MANIFEST
-    if not (source / EVENTS).is_file() or not manifest_path.is_file():
-        raise BackupError(f"{source} is not a backup (no {EVENTS} and {MANIFEST})")
-    manifest = json.loads(manifest_path.read_text())
-    _check(source / EVENTS)
-    if holds_events(data_dir / EVENTS) and not force:
-        raise StoreInUse(f"{data_dir / EVENTS} already holds events; stop the server and"
-                         " restore with --force to replace them")
-    data_dir.mkdir(parents=True, exist_ok=True)
+def put_followers(source: Path, data_dir: Path) -> list[str]:
+    """Put a backup's followers of the log in place (after the log); the names put."""
     files = []
-    # Through the backup API again, so an open connection sees the new file whole.
-    for name in (EVENTS, *FOLLOWERS):
+    for name in FOLLOWERS:
         if (source / name).is_file():
             copy_sqlite(source / name, data_dir / name)
             files.append(name)
@@ -169,6 +167,27 @@ def restore(source: Path, data_dir: Path, force: bool = False) -> BackupReport:
     if (source / CHROMA).is_dir():
         shutil.copytree(source / CHROMA, data_dir / CHROMA)
         files.append(CHROMA + "/")
+    return files
+
+
+def restore(source: Path, data_dir: Path, force: bool = False) -> BackupReport:
+    """Put a backup in place. Refuses a data directory that already holds events unless
+    `force` (stop the server first: it keeps the old log's state in memory)."""
+    manifest_path = source / MANIFEST
+    if not (source / EVENTS).is_file() or not manifest_path.is_file():
+        if (source / "database.dump").is_file():  # app/audit/backup_pg.py made it
+            raise BackupError(f"{source} is a backup of a PostgreSQL store; restore it with"
+                              " EVENT_STORE set to a new, empty database")
+        raise BackupError(f"{source} is not a backup (no {EVENTS} and {MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    _check(source / EVENTS)
+    if holds_events(data_dir / EVENTS) and not force:
+        raise StoreInUse(f"{data_dir / EVENTS} already holds events; stop the server and"
+                         " restore with --force to replace them")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Through the backup API again, so an open connection sees the new file whole.
+    copy_sqlite(source / EVENTS, data_dir / EVENTS)
+    files = [EVENTS, *put_followers(source, data_dir)]
     if (source / SECRET).is_file():
         shutil.copy2(source / SECRET, data_dir / SECRET)
         files.append(SECRET)

@@ -3,7 +3,9 @@
 Audit the event log, check it has not been tampered with, rebuild and compare the read
 models, back up and restore, export a user's or a chat's events, replay a conversation, and
 manage accounts. Installed as the `localchat` console script; `python -m app.cli` is the
-same program. One module per group of commands; the work itself is in app/audit.
+same program. One module per group of commands; the work itself is in app/audit. Every
+command works on both event stores: the SQLite file in DATA_DIR, or the PostgreSQL database
+of EVENT_STORE (backup and restore then use pg_dump and pg_restore).
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import sys
 from app.audit.backup import BackupError
 from app.audit.store import NoEventStore
 from app.cli import admin, archive, events, integrity, playback
-from app.cli.common import PROBLEM, USAGE, context, shared_options
-from app.event_store import SQLiteOnly, require_sqlite
+from app.cli.common import PROBLEM, USAGE, Context, context, shared_options
+from app.event_store import is_postgres
 from app.usecases.errors import InvalidInput, UseCaseError
 from domain.errors import DomainError
 
 DESCRIPTION = """\
 Look after a LocalChat data directory: the event log (every action ever taken), the read
 models built from it, backups and accounts. Every command works on $DATA_DIR (or ./data,
-or --data-dir DIR); the read-only ones and `backup` are safe while the server runs."""
+or --data-dir DIR) and, with EVENT_STORE=postgresql://..., on that PostgreSQL database;
+the read-only ones and `backup` are safe while the server runs."""
 
 EPILOG = """\
 examples:
@@ -49,29 +52,25 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-# Commands that read or copy the SQLite file itself, and what to do instead on PostgreSQL.
-SQLITE_ONLY = {
-    "backup": "use pg_dump (and copy DATA_DIR's read models and secret key)",
-    "restore": "use pg_restore into an empty database, then `localchat rebuild`",
-    "export": "not available yet",
-    "events": "use the admin event browser or GET /api/admin/events/",
-    "stats": "use the admin dashboard or GET /api/admin/stats/",
-    "replay-session": "use the admin time-travel page",
-    "disable-user": "use the admin pages", "enable-user": "use the admin pages",
-    "grant-admin": "use the admin pages", "revoke-admin": "use the admin pages",
-}
+def _database_errors(ctx: Context) -> tuple[type[Exception], ...]:
+    """What a damaged or unreachable store raises: sqlite3's, and psycopg's on PostgreSQL."""
+    if not is_postgres(ctx.settings):
+        return (sqlite3.Error,)
+    import psycopg  # only a PostgreSQL store needs it
+
+    return (sqlite3.Error, psycopg.Error)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     ctx = context(args)
     try:
-        if args.command in SQLITE_ONLY:
-            require_sqlite(ctx.settings, args.command, SQLITE_ONLY[args.command])
-        return int(args.handler(ctx, args))
-    except SQLiteOnly as error:
+        database_errors = _database_errors(ctx)
+    except ValueError as error:  # EVENT_STORE is neither empty nor a postgresql:// URL
         ctx.warn(str(error))
-        return PROBLEM
+        return USAGE
+    try:
+        return int(args.handler(ctx, args))
     except InvalidInput as error:
         ctx.warn(f"{error.field}: {error.problem}")
         return USAGE
@@ -81,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         ctx.warn(f"not found: {error}")
         return PROBLEM
-    except sqlite3.Error as error:  # a damaged or foreign file, read models not built yet
-        ctx.warn(f"database error: {error}")
+    except database_errors as error:  # a damaged or foreign file, read models not built
+        ctx.warn(f"database error: {error}")  # yet, PostgreSQL away
         return PROBLEM
     except BrokenPipeError:  # `localchat events list | head`
         sys.stderr.close()

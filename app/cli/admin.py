@@ -9,8 +9,8 @@ from typing import Any
 from uuid import UUID
 
 from app.audit import accounts
-from app.audit.browse import user_by_name_or_id
-from app.audit.log import connect_readonly
+from app.audit.export import find_user
+from app.audit.log import open_log
 from app.audit.stats import collect
 from app.audit.store import mapper, open_application
 from app.cli.common import OK, USAGE, Context, add_command
@@ -20,7 +20,7 @@ from domain.errors import UsernameTaken
 
 
 def stats_command(ctx: Context, _args: argparse.Namespace) -> int:
-    figures = collect(ctx.data_dir)
+    figures = collect(ctx.settings)
     if ctx.json:
         ctx.emit(figures)
         return OK
@@ -77,9 +77,9 @@ def create_admin_command(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _user(ctx: Context, ref: str) -> UUID:
-    log = connect_readonly(ctx.settings.event_store_path)
+    log = open_log(ctx.settings)
     try:
-        return user_by_name_or_id(log, mapper(ctx.settings), ref)
+        return find_user(log, mapper(ctx.settings), ref)
     finally:
         log.close()
 
@@ -87,7 +87,7 @@ def _user(ctx: Context, ref: str) -> UUID:
 def disable_user_command(ctx: Context, args: argparse.Namespace) -> int:
     user_id = _user(ctx, args.user)
     chat = open_application(ctx.settings)
-    log = connect_readonly(ctx.settings.event_store_path)
+    log = open_log(ctx.settings)
     try:
         done = accounts.disable_user(chat, log, chat.mapper, user_id)
     finally:

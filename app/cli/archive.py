@@ -9,18 +9,24 @@ from typing import Any
 from uuid import UUID
 
 from app.audit.backup import BackupError, StoreInUse, backup, restore
-from app.audit.browse import user_by_name_or_id
 from app.audit.event_view import event_view
-from app.audit.export import session_events, user_events
-from app.audit.log import connect_readonly
+from app.audit.export import find_user, session_events, user_events
+from app.audit.log import open_log
 from app.audit.store import mapper
 from app.cli.common import OK, PROBLEM, Context, add_command
+from app.event_store import postgres_url
 from app.usecases.errors import InvalidInput
 
 
 def backup_command(ctx: Context, args: argparse.Namespace) -> int:
+    url = postgres_url(ctx.settings)
     try:
-        report = backup(ctx.data_dir, args.dest)
+        if url is None:
+            report = backup(ctx.data_dir, args.dest)
+        else:
+            from app.audit.backup_pg import backup_postgres  # psycopg only for PostgreSQL
+
+            report = backup_postgres(url, ctx.data_dir, args.dest)
     except BackupError as error:
         ctx.warn(str(error))
         return PROBLEM
@@ -34,8 +40,14 @@ def backup_command(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def restore_command(ctx: Context, args: argparse.Namespace) -> int:
+    url = postgres_url(ctx.settings)
     try:
-        report = restore(args.src, ctx.data_dir, force=args.force)
+        if url is None:
+            report = restore(args.src, ctx.data_dir, force=args.force)
+        else:
+            from app.audit.backup_pg import restore_postgres  # psycopg only for PostgreSQL
+
+            report = restore_postgres(args.src, url, ctx.data_dir)
     except StoreInUse as error:
         ctx.warn(str(error))
         return PROBLEM
@@ -52,11 +64,11 @@ def restore_command(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def export_command(ctx: Context, args: argparse.Namespace) -> int:
-    log = connect_readonly(ctx.settings.event_store_path)
+    log = open_log(ctx.settings)
     events_mapper = mapper(ctx.settings)
     try:
         if args.user:
-            user_id = user_by_name_or_id(log, events_mapper, args.user)
+            user_id = find_user(log, events_mapper, args.user)
             events = user_events(log, events_mapper, user_id)
         else:
             try:
@@ -83,15 +95,21 @@ def register(commands: Any) -> None:
         "any) into DEST, a new directory. Safe while the server runs: SQLite's backup\n"
         "API copies each file at one consistent moment, and every event committed before\n"
         "the backup started is in it. DEST/manifest.json records the log head and the\n"
-        "hash-chain head.")
+        "hash-chain head.\n\n"
+        "With EVENT_STORE=postgresql://..., the database (events and read models) goes\n"
+        "into DEST/database.dump, made by pg_dump from one snapshot; the files that stay\n"
+        "in DATA_DIR are copied beside it.")
     parser.add_argument("dest", type=Path, help="a new (or empty) directory")
     parser = add_command(
         commands, "restore", restore_command, "put a backup in place",
         "Copy a backup made by `backup` into the data directory. Refuses a data directory\n"
-        "that already holds events unless --force; stop the server before forcing.")
+        "that already holds events unless --force; stop the server before forcing.\n\n"
+        "With EVENT_STORE=postgresql://..., pg_restore puts SRC/database.dump into that\n"
+        "database, which must be new and empty (createdb): any other is refused, --force\n"
+        "or not.")
     parser.add_argument("src", type=Path, help="a directory made by `backup`")
     parser.add_argument("--force", action="store_true",
-                        help="replace an existing event store (server stopped!)")
+                        help="replace an existing SQLite event store (server stopped!)")
     parser = add_command(
         commands, "export", export_command, "every event of a user or a chat, as JSON lines",
         "Every event of one user (account, username, admin changes and all their chats)\n"

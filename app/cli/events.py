@@ -9,12 +9,13 @@ from typing import Any
 from uuid import UUID
 
 from app.audit.browse import EventBrowser, EventFilter, parse_time, resolve_type
-from app.audit.browse import user_by_name_or_id as find_user
 from app.audit.event_view import event_view
-from app.audit.log import connect_readonly
+from app.audit.export import find_user
+from app.audit.log import events_table, open_log
 from app.audit.store import mapper
 from app.cli.common import OK, Context, add_command
 from app.event_log import LoggedEvent
+from app.event_store import postgres_url, read_models_for
 from app.usecases.errors import InvalidInput
 
 POLL_SECONDS = 0.5
@@ -30,7 +31,7 @@ def _filter(ctx: Context, browser: EventBrowser, args: argparse.Namespace) -> Ev
         except ValueError:
             raise InvalidInput("aggregate", "must be an aggregate id (a UUID).") from None
     if args.user:
-        log = connect_readonly(ctx.settings.event_store_path)
+        log = open_log(ctx.settings)
         try:
             where.user = find_user(log, browser.mapper, args.user)
         finally:
@@ -62,6 +63,12 @@ def _show(ctx: Context, events: list[LoggedEvent]) -> None:
 
 def _open(ctx: Context) -> EventBrowser:
     settings = ctx.settings
+    url = postgres_url(settings)
+    if url is not None:  # the log's table, and the index in the read models' schema
+        from app.audit.browse_pg import PostgresEventBrowser  # psycopg only for PostgreSQL
+
+        return PostgresEventBrowser(read_models_for(settings), url, events_table(),
+                                    mapper(settings))
     if not settings.event_store_path.is_file():
         raise FileNotFoundError(f"no event store at {settings.event_store_path}")
     return EventBrowser(settings.read_model_path, settings.event_store_path,

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
 from app.audit.chain import ChainReport, verify_chain
-from app.audit.log import connect_readonly, head_of, open_records
+from app.audit.log import head_of, missing_table, open_read_models, open_records
 from app.audit.progress import Progress
 from app.audit.replay import ReplayReport, replay
 from app.audit.store import open_application
 from app.cli.common import OK, PROBLEM, USAGE, Context, add_command
+from app.event_store import is_postgres, read_models_for
+from projections.database import ReadModels, dialect_of
 from projections.runner import ProjectionRunner
 
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
-def _replay(ctx: Context, into: Path | None) -> ReplayReport:
+
+def _live(ctx: Context) -> Path | ReadModels:
+    """The live read models: the SQLite file, or PostgreSQL's schema."""
+    read_models = read_models_for(ctx.settings)
+    return ctx.settings.read_model_path if read_models.dialect == "sqlite" else read_models
+
+
+def _replay(ctx: Context, into: Path | str | None) -> ReplayReport:
     chat = open_application(ctx.settings)
     bars: list[Progress] = []
 
@@ -24,7 +35,7 @@ def _replay(ctx: Context, into: Path | None) -> ReplayReport:
         return bars[-1].update
 
     try:
-        report = replay(chat, ctx.settings.read_model_path, into, progress_for)
+        report = replay(chat, _live(ctx), into, progress_for)
     finally:
         for bar in bars:
             bar.finish()
@@ -57,6 +68,8 @@ def _show_replay(ctx: Context, report: ReplayReport) -> None:
 
 
 def replay_command(ctx: Context, args: argparse.Namespace) -> int:
+    if is_postgres(ctx.settings):
+        return _replay_into_schema(ctx, args.into)
     into = args.into
     if into is not None and (into / "readmodels.sqlite").exists():
         ctx.warn(f"{into / 'readmodels.sqlite'} exists; replay into a new directory")
@@ -65,6 +78,24 @@ def replay_command(ctx: Context, args: argparse.Namespace) -> int:
     _show_replay(ctx, report)
     if into is not None and not ctx.json:
         ctx.say(f"fresh read models kept in {into / 'readmodels.sqlite'}")
+    return OK if report.identical else PROBLEM
+
+
+def _replay_into_schema(ctx: Context, into: Path | None) -> int:
+    """On PostgreSQL the fresh read models are kept in a schema of the same database."""
+    schema = str(into) if into is not None else None
+    if schema is not None and not SCHEMA_NAME.fullmatch(schema):
+        ctx.warn(f"--into {schema}: with a PostgreSQL store it names a new schema"
+                 " (letters, digits and _)")
+        return USAGE
+    try:
+        report = _replay(ctx, schema)
+    except FileExistsError:
+        ctx.warn(f"schema {schema} exists; replay into a new one")
+        return USAGE
+    _show_replay(ctx, report)
+    if schema is not None and not ctx.json:
+        ctx.say(f"fresh read models kept in the schema {schema}")
     return OK if report.identical else PROBLEM
 
 
@@ -77,13 +108,27 @@ def _parse_expect(text: str | None) -> tuple[int, str] | None:
     return int(position), digest.lower()
 
 
+def _has_chain(read: Any) -> bool:
+    """Whether the read models have a hash chain table (a SQLite file always has one)."""
+    if dialect_of(read) == "sqlite":
+        return True  # as before: a file without the table is reported as a database error
+    try:
+        read.execute("SELECT 1 FROM hash_chain LIMIT 1").fetchone()
+    except missing_table(read):
+        return False
+    return True
+
+
 def _chain(ctx: Context, expect: tuple[int, str] | None) -> ChainReport:
     settings = ctx.settings
     log = open_records(settings)  # the SQLite file, or the PostgreSQL table
     try:
-        if not settings.read_model_path.is_file():
+        read = open_read_models(settings)  # the SQLite file, or PostgreSQL's schema
+        if read is not None and not _has_chain(read):
+            read.close()
+            read = None
+        if read is None:
             raise FileNotFoundError("no read models yet: start the server or run 'rebuild'")
-        read = connect_readonly(settings.read_model_path)
         try:
             bar = ctx.progress("checking the hash chain", head_of(log))
             report = verify_chain(log, read, expect, bar.update)
@@ -123,7 +168,7 @@ def verify_command(ctx: Context, args: argparse.Namespace) -> int:
 def rebuild_command(ctx: Context, args: argparse.Namespace) -> int:
     chat = open_application(ctx.settings)
     try:
-        runner = ProjectionRunner(chat, ctx.settings.read_model_path)
+        runner = ProjectionRunner(chat, _live(ctx))
         names = args.projection or runner.names
         unknown = sorted(set(names) - set(runner.names))
         if unknown:
@@ -175,7 +220,8 @@ def register(commands: Any) -> None:
         "copied at one moment and the log is replayed up to the same position).\n"
         "Exit status 0: identical, 1: differences (listed).")
     replay_parser.add_argument("--into", type=Path, metavar="DIR",
-                               help="keep the fresh read models in DIR (default: discard)")
+                               help="keep the fresh read models in DIR (default: discard);"
+                                    " with a PostgreSQL store, in the new schema DIR")
     rebuild = add_command(
         commands, "rebuild", rebuild_command, "rebuild the live read models (server stopped)",
         "Rebuild read models in place from position 0, in one transaction. Run it with the\n"

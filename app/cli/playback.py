@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from app.audit.export import session_events
-from app.audit.log import connect_readonly
+from app.audit.log import open_log
 from app.audit.playback import Frame, frames, parse_speed, play
 from app.audit.store import mapper
 from app.cli.common import OK, Context, add_command
@@ -25,7 +25,7 @@ def replay_session_command(ctx: Context, args: argparse.Namespace) -> int:
     speed = parse_speed(args.speed)
     session_id = _uuid(args.session_id, "session")
     reply_id = _uuid(args.reply, "reply") if args.reply else None
-    log = connect_readonly(ctx.settings.event_store_path)
+    log = open_log(ctx.settings)
     try:
         shown = frames(session_events(log, mapper(ctx.settings), session_id), reply_id)
     finally:
