@@ -8,11 +8,12 @@ version) key is the guard across processes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -28,6 +29,30 @@ log = logging.getLogger(__name__)
 HeadListener = Callable[[int], None]
 # (position, ids of the aggregates the commit changed): streams wake only for their own.
 ChangeListener = Callable[[int, set[UUID]], None]
+# (the positions of one commit's events): a follower of other processes' commits skips these.
+CommitListener = Callable[[list[int]], None]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+A = TypeVar("A", bound="ChatApplication")
+CONFLICT_ATTEMPTS = 5
+
+
+def retry_conflicts(command: Callable[Concatenate[A, P], R]) -> Callable[Concatenate[A, P], R]:
+    """Another process (a second web worker, the command line) may save the same aggregate
+    between this command's load and its save: the store refuses the later save
+    (IntegrityError, nothing recorded) and the command runs again on the reloaded
+    aggregate, which decides anew (a reply claimed meanwhile is then refused by the
+    domain). In one process the lock already serialises writers: nothing is retried."""
+    @functools.wraps(command)
+    def run(self: A, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        for _attempt in range(CONFLICT_ATTEMPTS - 1):
+            try:
+                return command(self, *args, **kwargs)
+            except IntegrityError:
+                continue
+        return command(self, *args, **kwargs)
+    return run
 
 
 # A chat's events are replayed from its latest snapshot, so loading one after a restart
@@ -44,6 +69,7 @@ class ChatApplication(Application[UUID]):
         self._lock = threading.RLock()
         self._head_listeners: list[HeadListener] = []
         self._change_listeners: list[ChangeListener] = []
+        self._commit_listeners: list[CommitListener] = []
 
     # -- log following -----------------------------------------------------------------
 
@@ -55,8 +81,22 @@ class ChatApplication(Application[UUID]):
         """`listener(position, aggregate_ids)` after every commit, from the committing thread."""
         self._change_listeners.append(listener)
 
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """`listener(positions)` after every commit of this process, from its thread."""
+        self._commit_listeners.append(listener)
+
+    def announce(self, head: int, ids: set[UUID]) -> None:
+        """Wake the head and change listeners for commits another process made (several
+        web workers on PostgreSQL: app/cluster/log_notify.py hears of them)."""
+        for listener in self._head_listeners:
+            listener(head)
+        for change_listener in self._change_listeners:
+            change_listener(head, ids)
+
     def _notify(self, recordings: list[Recording[UUID]]) -> None:
         if recordings:
+            for commit_listener in self._commit_listeners:
+                commit_listener([r.notification.id for r in recordings])
             head = recordings[-1].notification.id
             for listener in self._head_listeners:
                 listener(head)
@@ -166,6 +206,7 @@ class ChatApplication(Application[UUID]):
             raise NotFound("no such session")
         return session
 
+    @retry_conflicts
     def update_session(
         self, session_id: UUID, owner_id: UUID, title: str | None, config: dict[str, Any]
     ) -> int:
@@ -176,12 +217,14 @@ class ChatApplication(Application[UUID]):
             session.configure(config)
             return self._save(session)
 
+    @retry_conflicts
     def delete_session(self, session_id: UUID, owner_id: UUID) -> int:
         with self._lock:
             session = self.get_session(session_id, owner_id)
             session.delete()
             return self._save(session)
 
+    @retry_conflicts
     def post_message(
         self, session_id: UUID, owner_id: UUID, content: str, queue_position: int
     ) -> tuple[UUID, UUID, int]:
@@ -193,6 +236,7 @@ class ChatApplication(Application[UUID]):
             session.queue_reply(reply_id, message_id, queue_position)
             return message_id, reply_id, self._save(session)
 
+    @retry_conflicts
     def regenerate(
         self, session_id: UUID, owner_id: UUID, queue_position: int
     ) -> tuple[UUID, UUID, int]:
@@ -203,6 +247,7 @@ class ChatApplication(Application[UUID]):
             session.queue_reply(reply_id, message_id, queue_position)
             return message_id, reply_id, self._save(session)
 
+    @retry_conflicts
     def edit_message(
         self, session_id: UUID, owner_id: UUID, message_id: UUID, content: str,
         queue_position: int,
@@ -231,6 +276,7 @@ class ChatApplication(Application[UUID]):
 
     # -- replies (the inference actor's commands) -----------------------------------------
 
+    @retry_conflicts
     def change_reply(self, session_id: UUID, change: Callable[[ChatSession], None]) -> int:
         with self._lock:
             session = self.get_session(session_id)

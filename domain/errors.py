@@ -25,5 +25,9 @@ class ReplyNotOpen(DomainError):
     """The reply already ended (completed, failed, cancelled or interrupted)."""
 
 
+class AlreadyClaimed(DomainError):
+    """Another web worker (or this one, earlier) already took this reply to generate."""
+
+
 class LastAdmin(DomainError):
     """The change would leave no active administrator."""

@@ -14,7 +14,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import NothingToRegenerate, ReplyNotOpen
+from domain.errors import AlreadyClaimed, NothingToRegenerate, ReplyNotOpen
 
 QUEUED, STREAMING = "queued", "streaming"
 DEFAULT_TITLE = "New chat"
@@ -155,6 +155,26 @@ class ChatSession(Aggregate):
     @event("ReplyQueued")
     def queue_reply(self, reply_id: UUID, in_reply_to: UUID, queue_position: int) -> None:
         self.open[str(reply_id)] = {"status": QUEUED, "content": "", "pieces": 0, "tokens": 0}
+
+    def claim_reply(self, reply_id: UUID, worker_id: int, worker: str) -> None:
+        """A web worker takes a queued reply to generate (several workers on PostgreSQL).
+        Two racing both load the same version and only the first save is kept; the other,
+        reloaded, finds the reply claimed here (AlreadyClaimed). `worker_id` is the key of
+        the advisory lock the worker holds while alive; `worker` names it for people."""
+        reply = self.open_reply(reply_id)
+        if reply["status"] != QUEUED or reply.get("worker") is not None:
+            raise AlreadyClaimed(f"reply {reply_id} is already taken")
+        self._claim_reply(reply_id=reply_id, worker_id=worker_id, worker=worker)
+
+    @event("ReplyClaimed")
+    def _claim_reply(self, reply_id: UUID, worker_id: int, worker: str) -> None:
+        self.open[str(reply_id)]["worker"] = worker_id
+
+    def claimed_by(self, reply_id: UUID) -> int | None:
+        """The lock key of the worker generating an open reply; None if none claimed it
+        (always on SQLite, where the one process needs no claims)."""
+        worker = self.open_reply(reply_id).get("worker")
+        return worker if isinstance(worker, int) else None
 
     def start_reply(self, reply_id: UUID, prompt_tokens: int, dropped_turns: int) -> None:
         self.open_reply(reply_id)

@@ -158,6 +158,10 @@ class InferenceActor:
         self.generations_total = 0
         self.tokens_total = 0
         self._stopping = False
+        # Several web workers (PostgreSQL): asked in the worker thread before a reply
+        # starts, False when another worker took it (app/cluster/replies.py). None: this
+        # process is the only actor, every queued reply is its own.
+        self.claim: Callable[[UUID, UUID], bool] | None = None
 
     # -- the queue (called from request handlers) ----------------------------------------
 
@@ -375,6 +379,9 @@ class InferenceActor:
     def _begin(self, flight: _Flight) -> None:
         """Read the reply's conversation, fit the prompt, record the start, submit it."""
         job, engine, rid = flight.job, flight.engine, flight.job.reply_id
+        if self.claim is not None and not self.claim(job.session_id, rid):
+            self._land(flight)  # another worker generates it, or it ended
+            return
         if engine is None:
             self._record(job, lambda s: s.fail_reply(rid, "model_not_loaded",
                                                      "The model is not loaded."))
