@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from projections.batch import Batch, BatchProjection
+from projections.database import dialect_of
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
@@ -63,6 +64,29 @@ class EventIndexProjection(BatchProjection):
         user INTEGER NOT NULL
     );
     """
+    # `user` is a reserved word in PostgreSQL (the current role): always quote it there.
+    postgres_schema = """
+    CREATE TABLE IF NOT EXISTS event_index (
+        position BIGINT PRIMARY KEY,
+        type BIGINT NOT NULL,
+        "user" BIGINT,
+        at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS event_index_by_type ON event_index (type, position);
+    CREATE INDEX IF NOT EXISTS event_index_by_user ON event_index ("user", position);
+    CREATE TABLE IF NOT EXISTS event_types (
+        id BIGINT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE IF NOT EXISTS event_users (
+        id BIGINT PRIMARY KEY,
+        user_id TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE IF NOT EXISTS event_owners (
+        originator_id TEXT PRIMARY KEY,
+        "user" BIGINT NOT NULL
+    );
+    """
     # Events that name their user in a field rather than by their aggregate.
     USER_FIELDS: ClassVar[dict[str, str]] = {
         "UsernameIndex.Claimed": "user_id",
@@ -80,6 +104,10 @@ class EventIndexProjection(BatchProjection):
         # event class -> (its name, its number, `_user_field`); emptied with the numbers
         self._classes: dict[type, tuple[str, int, str | None]] = {}
 
+    def create(self, db: sqlite3.Connection) -> None:
+        db.executescript(self.postgres_schema if dialect_of(db) == "postgresql"
+                         else self.schema)
+
     def clear(self, db: sqlite3.Connection) -> None:
         super().clear(db)
         self._classes.clear()
@@ -96,7 +124,8 @@ class EventIndexProjection(BatchProjection):
         self._classes = {}
         self._types = {name: i for i, name in db.execute("SELECT id, name FROM event_types")}
         self._users = {UUID(u): i for i, u in db.execute("SELECT id, user_id FROM event_users")}
-        self._owners = {UUID(o).int: u for o, u in db.execute("SELECT * FROM event_owners")}
+        self._owners = {UUID(o).int: u for o, u in
+                        db.execute('SELECT originator_id, "user" FROM event_owners')}
 
     def apply(self, db: sqlite3.Connection, event: Any, position: int) -> None:
         raise TypeError(f"{self.name} is applied by batches: use apply_batch")
@@ -141,7 +170,8 @@ class EventIndexProjection(BatchProjection):
             rows.append((record.id, code, user, latest))
         db.executemany("INSERT INTO event_types VALUES (?, ?)", new_types)
         db.executemany("INSERT INTO event_users VALUES (?, ?)", new_users)
-        db.executemany("INSERT OR REPLACE INTO event_owners VALUES (?, ?)", new_owners)
+        db.executemany('INSERT INTO event_owners VALUES (?, ?) ON CONFLICT (originator_id)'
+                       ' DO UPDATE SET "user" = excluded."user"', new_owners)
         db.executemany("INSERT INTO event_index VALUES (?, ?, ?, ?)", rows)
 
     def _user_field(self, kind: str) -> str | None:

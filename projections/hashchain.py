@@ -40,6 +40,7 @@ from uuid import UUID
 import aiosqlite
 
 from projections.batch import Batch, BatchProjection
+from projections.database import ReadDB, dialect_of
 from projections.stored_rows import StoredRow
 
 GENESIS = bytes(32)
@@ -72,6 +73,16 @@ class HashChainProjection(BatchProjection):
         hash BLOB NOT NULL
     );
     """
+    postgres_schema = """
+    CREATE TABLE IF NOT EXISTS hash_chain (
+        position BIGINT PRIMARY KEY,
+        hash BYTEA NOT NULL
+    );
+    """
+
+    def create(self, db: sqlite3.Connection) -> None:
+        db.executescript(self.postgres_schema if dialect_of(db) == "postgresql"
+                         else self.schema)
 
     def apply(self, db: sqlite3.Connection, event: Any, position: int) -> None:
         raise TypeError(f"{self.name} is applied by batches: use apply_batch")
@@ -120,8 +131,8 @@ def head(db: sqlite3.Connection) -> tuple[int, bytes]:
     return (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
 
 
-async def head_hash(db: aiosqlite.Connection) -> tuple[int, str]:
-    """(position, hex hash) of the chain's head, for the dashboard (an aiosqlite db)."""
+async def head_hash(db: aiosqlite.Connection | ReadDB) -> tuple[int, str]:
+    """(position, hex hash) of the chain's head, for the dashboard (an async db)."""
     async with db.execute(
         "SELECT position, hash FROM hash_chain ORDER BY position DESC LIMIT 1"
     ) as cursor:

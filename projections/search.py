@@ -9,6 +9,10 @@ Indexed: user messages as posted, and assistant replies once they end with text
 (completed, cancelled, interrupted). Each session's owner and deletion are tracked here,
 so every query is confined to its owner's live sessions; a deleted session's messages
 are removed from the index.
+
+On PostgreSQL the text is a table with a pg_trgm GIN index on its FTS5 folding, and
+projections/trigram.py matches and ranks as FTS5 does: the same messages, in the same
+order, on both stores.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from typing import Any
 
 import aiosqlite
 
+from projections import trigram
 from projections.base import Projection
+from projections.database import ReadDB, dialect_of
 
 TRIGRAM = 3
 
@@ -48,6 +54,41 @@ class SearchProjection(Projection):
         ON search_messages (session_id, position);
     CREATE VIRTUAL TABLE IF NOT EXISTS search_text USING fts5(content, tokenize='trigram');
     """
+    # `folded`: what FTS5 indexes (the text up to its first NUL) folded as FTS5 folds it;
+    # `chars`: that part's length. The trigram index serves LIKE on `folded`.
+    postgres_schema = """
+    CREATE TABLE IF NOT EXISTS search_sessions (
+        id TEXT PRIMARY KEY,
+        owner_id TEXT NOT NULL,
+        title TEXT NOT NULL,
+        deleted BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS search_sessions_by_owner ON search_sessions (owner_id, deleted);
+    CREATE TABLE IF NOT EXISTS search_messages (
+        position BIGINT PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        session_id TEXT NOT NULL,
+        role TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS search_messages_by_session
+        ON search_messages (session_id, position);
+    CREATE TABLE IF NOT EXISTS search_text (
+        position BIGINT PRIMARY KEY,
+        content TEXT NOT NULL,
+        folded TEXT NOT NULL,
+        chars BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS search_text_trigrams ON search_text
+        USING gin (folded gin_trgm_ops);
+    """
+
+    def create(self, db: sqlite3.Connection) -> None:
+        if dialect_of(db) == "postgresql":
+            # A trusted extension (PostgreSQL 13+): the database's owner may create it.
+            db.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+            db.executescript(self.postgres_schema)
+        else:
+            db.executescript(self.schema)
 
     def on_ChatSession_Started(self, db: sqlite3.Connection, e: Any, _: int) -> None:
         if e.config.get("origin") == "api":  # a /v1 or generate call, not a chat of the user's
@@ -62,7 +103,7 @@ class SearchProjection(Projection):
     def on_ChatSession_Deleted(self, db: sqlite3.Connection, e: Any, _: int) -> None:
         session_id = str(e.originator_id)
         db.execute("UPDATE search_sessions SET deleted = 1 WHERE id = ?", (session_id,))
-        db.execute("DELETE FROM search_text WHERE rowid IN"
+        db.execute(f"DELETE FROM search_text WHERE {_text_key(db)} IN"
                    " (SELECT position FROM search_messages WHERE session_id = ?)",
                    (session_id,))
         db.execute("DELETE FROM search_messages WHERE session_id = ?", (session_id,))
@@ -96,7 +137,17 @@ class SearchProjection(Projection):
             return
         db.execute("INSERT INTO search_messages (position, id, session_id, role)"
                    " VALUES (?, ?, ?, ?)", (pos, message_id, session_id, role))
-        db.execute("INSERT INTO search_text (rowid, content) VALUES (?, ?)", (pos, content))
+        if dialect_of(db) == "postgresql":
+            text = trigram.indexed(content)
+            db.execute("INSERT INTO search_text (position, content, folded, chars)"
+                       " VALUES (?, ?, ?, ?)", (pos, content, trigram.fold(text), len(text)))
+        else:
+            db.execute("INSERT INTO search_text (rowid, content) VALUES (?, ?)", (pos, content))
+
+
+def _text_key(db: object) -> str:
+    """The column of `search_text` holding a message's position: FTS5 has only its rowid."""
+    return "position" if dialect_of(db) == "postgresql" else "rowid"
 
 
 @dataclass(frozen=True)
@@ -132,7 +183,7 @@ def _found(row: Any) -> Found:
 
 
 async def keyword_search(
-    db: aiosqlite.Connection, owner_id: str, q: str, limit: int
+    db: aiosqlite.Connection | ReadDB, owner_id: str, q: str, limit: int
 ) -> list[Found]:
     """The owner's messages containing every word of `q` (case-insensitive), best first.
 
@@ -145,6 +196,8 @@ async def keyword_search(
     short_words = [w for w in words if len(w) < TRIGRAM]
     if not words:
         return []
+    if dialect_of(db) == "postgresql":
+        return await _keyword_search_postgres(db, owner_id, long_words, short_words, limit)
     likes = "".join(" AND t.content LIKE ? ESCAPE '\\'" for _ in short_words)
     params: list[Any]
     if long_words:
@@ -171,8 +224,67 @@ async def keyword_search(
         return [_found(row) for row in await cursor.fetchall()]
 
 
+# SQLite's LIKE over what FTS5 indexes: the text up to its first NUL, ASCII letters folded.
+_SHORT_LIKE = (f" AND translate(left(t.content, CAST(t.chars AS INTEGER)),"
+               f" '{trigram.ASCII_UPPER}', '{trigram.ASCII_LOWER}') LIKE ? ESCAPE '\\'")
+
+
+async def _keyword_search_postgres(
+    db: aiosqlite.Connection | ReadDB, owner_id: str, long_words: list[str],
+    short_words: list[str], limit: int,
+) -> list[Found]:
+    """`keyword_search` on PostgreSQL: the same rows in the same order (projections/trigram.py).
+
+    Long words are matched on `folded` through the trigram index; the owner's matches are
+    then ranked here by FTS5's bm25, which needs the whole table's counts."""
+    shorts = [_like(trigram.ascii_fold(w)) for w in short_words]
+    short_likes = _SHORT_LIKE * len(short_words)
+    if not long_words:
+        sql = (
+            f"SELECT {FOUND} FROM search_sessions s"
+            " JOIN search_messages m ON m.session_id = s.id"
+            " JOIN search_text t ON t.position = m.position"
+            f" WHERE s.owner_id = ? AND s.deleted = 0{short_likes}"
+            " ORDER BY m.position DESC LIMIT ?"
+        )
+        async with db.execute(sql, [owner_id, *shorts, limit]) as cursor:
+            return [_found(row) for row in await cursor.fetchall()]
+    folded = [trigram.fold(w) for w in long_words]
+    long_likes = " AND t.folded LIKE ? ESCAPE '\\'" * len(folded)
+    sql = (
+        f"SELECT {FOUND}, m.position, t.chars FROM search_text t"
+        " JOIN search_messages m ON m.position = t.position"
+        " JOIN search_sessions s ON s.id = m.session_id"
+        f" WHERE s.owner_id = ? AND s.deleted = 0{long_likes}{short_likes}"
+    )
+    async with db.execute(sql, [owner_id, *map(_like, folded), *shorts]) as cursor:
+        rows = await cursor.fetchall()
+    if not rows:
+        return []
+    distinct = list(dict.fromkeys(folded))
+    hits_sql = "".join(", (SELECT COUNT(*) FROM search_text WHERE folded LIKE ? ESCAPE '\\')"
+                       for _ in distinct)
+    async with db.execute(
+        f"SELECT COUNT(*), COALESCE(SUM(GREATEST(chars - 2, 0)), 0){hits_sql}"
+        " FROM search_text", list(map(_like, distinct)),
+    ) as cursor:
+        stats: Any = await cursor.fetchone()  # an aggregate: always one row
+    table_rows, total_tokens = int(stats[0]), int(stats[1])
+    hits_of = {word: int(count) for word, count in zip(distinct, stats[2:], strict=True)}
+    hits = [hits_of[word] for word in folded]
+
+    def rank(row: Any) -> tuple[float, int]:
+        position, chars = int(row[5]), int(row[6])
+        text = trigram.fold(row[4][:chars])
+        freqs = [trigram.occurrences(text, word) for word in folded]
+        score = trigram.bm25(freqs, trigram.tokens(chars), table_rows, total_tokens, hits)
+        return score, -position
+
+    return [_found(row) for row in sorted(rows, key=rank)[:limit]]
+
+
 async def visible_messages(
-    db: aiosqlite.Connection, owner_id: str, message_ids: list[str]
+    db: aiosqlite.Connection | ReadDB, owner_id: str, message_ids: list[str]
 ) -> dict[str, Found]:
     """Those of `message_ids` that are in the owner's live sessions, by id."""
     if not message_ids:
@@ -181,7 +293,7 @@ async def visible_messages(
     async with db.execute(
         f"SELECT {FOUND} FROM search_messages m"
         " JOIN search_sessions s ON s.id = m.session_id"
-        " JOIN search_text t ON t.rowid = m.position"
+        f" JOIN search_text t ON t.{_text_key(db)} = m.position"
         f" WHERE m.id IN ({marks}) AND s.owner_id = ? AND s.deleted = 0",
         [*message_ids, owner_id],
     ) as cursor:

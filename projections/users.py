@@ -10,6 +10,7 @@ import aiosqlite
 
 from domain.users import username_key
 from projections.base import ISO_FORMAT, Projection, iso, row_dict
+from projections.database import ReadDB, dialect_of
 
 
 class UsersProjection(Projection):
@@ -35,6 +36,29 @@ class UsersProjection(Projection):
         revoked_at TEXT
     );
     """
+    postgres_schema = """
+    CREATE TABLE IF NOT EXISTS users (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL,
+        username_key TEXT NOT NULL UNIQUE,
+        email TEXT NOT NULL,
+        display_name TEXT NOT NULL DEFAULT '',
+        is_admin BIGINT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_login_at TEXT,
+        disabled BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE IF NOT EXISTS auth_tokens (
+        token_hash TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    """
+
+    def create(self, db: sqlite3.Connection) -> None:
+        db.executescript(self.postgres_schema if dialect_of(db) == "postgresql"
+                         else self.schema)
 
     def on_User_Registered(self, db: sqlite3.Connection, e: Any, _: int) -> None:
         db.execute(
@@ -46,7 +70,8 @@ class UsersProjection(Projection):
 
     def on_User_LoggedIn(self, db: sqlite3.Connection, e: Any, _: int) -> None:
         db.execute(
-            "INSERT OR IGNORE INTO auth_tokens (token_hash, user_id, created_at) VALUES (?, ?, ?)",
+            "INSERT INTO auth_tokens (token_hash, user_id, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (token_hash) DO NOTHING",
             (e.token_hash, str(e.originator_id), iso(e.timestamp)),
         )
         db.execute("UPDATE users SET last_login_at = ? WHERE id = ?",
@@ -63,10 +88,11 @@ class UsersProjection(Projection):
                            (value, str(e.originator_id)))
 
     def on_User_PasswordChanged(self, db: sqlite3.Connection, e: Any, _: int) -> None:
-        # Every other sign-in stops: the old password's holder may have made them.
+        # Every other sign-in stops: the old password's holder may have made them. No
+        # token hash is empty, so '' keeps none when no token is kept.
         db.execute("UPDATE auth_tokens SET revoked_at = ? WHERE user_id = ?"
-                   " AND revoked_at IS NULL AND token_hash IS NOT ?",
-                   (iso(e.timestamp), str(e.originator_id), e.kept_token))
+                   " AND revoked_at IS NULL AND token_hash <> ?",
+                   (iso(e.timestamp), str(e.originator_id), e.kept_token or ""))
 
     def on_User_Disabled(self, db: sqlite3.Connection, e: Any, _: int) -> None:
         # Every token is revoked, not just hidden: enabling the user later revives none.
@@ -97,7 +123,7 @@ def _user(row: Any) -> dict[str, Any]:
 
 
 async def user_for_token(
-    db: aiosqlite.Connection, token_hash: str, ttl: timedelta, now: str
+    db: aiosqlite.Connection | ReadDB, token_hash: str, ttl: timedelta, now: str
 ) -> dict[str, Any] | None:
     """The user a live (not revoked, not expired) token belongs to, unless disabled."""
     async with db.execute(
@@ -119,14 +145,14 @@ def _plus(stamp: str, delta: timedelta) -> str:
     return (moment + delta).strftime(ISO_FORMAT)
 
 
-async def get_user(db: aiosqlite.Connection, user_id: str) -> dict[str, Any] | None:
+async def get_user(db: aiosqlite.Connection | ReadDB, user_id: str) -> dict[str, Any] | None:
     async with db.execute(f"SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?",
                           (user_id,)) as cursor:
         row = await cursor.fetchone()
     return _user(row) if row else None
 
 
-async def count_users(db: aiosqlite.Connection) -> int:
+async def count_users(db: aiosqlite.Connection | ReadDB) -> int:
     async with db.execute("SELECT COUNT(*) FROM users") as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0

@@ -22,6 +22,7 @@ import anyio
 from app.usecases import fields
 from app.usecases.errors import N_, InvalidInput
 from projections import search as search_read
+from projections.database import ReadDB
 from projections.vectors import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ MARK_OPEN, MARK_CLOSE = "<mark>", "</mark>"
 class SearchDeps(Protocol):
     """What search needs from the composition root (app.services.Services)."""
 
-    read_db: aiosqlite.Connection
+    @property
+    def read_db(self) -> aiosqlite.Connection | ReadDB: ...
+
     vectors: VectorIndex | None
 
 
@@ -82,7 +85,7 @@ async def search(
 
 
 async def search_messages(
-    db: aiosqlite.Connection, vectors: VectorIndex | None, user_id: str, q: str | None,
+    db: aiosqlite.Connection | ReadDB, vectors: VectorIndex | None, user_id: str, q: str | None,
     limit: int = DEFAULT_LIMIT,
 ) -> list[Hit]:
     text = query_text(q)
@@ -102,7 +105,7 @@ async def search_messages(
 
 
 async def _semantic(
-    db: aiosqlite.Connection, vectors: VectorIndex | None, user_id: str, text: str,
+    db: aiosqlite.Connection | ReadDB, vectors: VectorIndex | None, user_id: str, text: str,
     limit: int,
 ) -> list[search_read.Found]:
     """Semantic matches, nearest first, limited to what the user may see now."""
