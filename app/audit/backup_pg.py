@@ -143,24 +143,37 @@ def _copy_secret(source: Path, target: Path) -> list[str]:
 
 def contents(db: psycopg.Connection[Any]) -> list[str]:
     """What the database holds outside PostgreSQL's own schemas: tables, views, sequences,
-    types, functions (an empty schema is nothing)."""
+    types, functions (an empty schema is nothing, and so is an extension's own objects: a
+    database made from a template with extensions is still empty)."""
     rows = db.execute("""
+        WITH extension_member AS (
+            SELECT classid, objid FROM pg_depend WHERE deptype = 'e')
         SELECT n.nspname || '.' || c.relname FROM pg_class c
           JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c')
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-           AND n.nspname NOT LIKE 'pg\\_%'
+           AND (n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND n.nspname NOT LIKE 'pg\\_%')
+           AND (c.relkind <> 'c' OR NOT EXISTS (  -- a composite type's own, or its table's
+                SELECT 1 FROM pg_type t JOIN extension_member e
+                    ON e.classid = 'pg_type'::regclass AND e.objid = t.oid
+                 WHERE t.typrelid = c.oid))
+           AND NOT EXISTS (SELECT 1 FROM extension_member e
+                            WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid)
         UNION ALL
         SELECT n.nspname || '.' || t.typname FROM pg_type t
           JOIN pg_namespace n ON n.oid = t.typnamespace
          WHERE t.typtype IN ('d', 'e', 'r')
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-           AND n.nspname NOT LIKE 'pg\\_%'
+           AND (n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND n.nspname NOT LIKE 'pg\\_%')
+           AND NOT EXISTS (SELECT 1 FROM extension_member e
+                            WHERE e.classid = 'pg_type'::regclass AND e.objid = t.oid)
         UNION ALL
         SELECT n.nspname || '.' || p.proname || '()' FROM pg_proc p
           JOIN pg_namespace n ON n.oid = p.pronamespace
-         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-           AND n.nspname NOT LIKE 'pg\\_%'
+         WHERE (n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND n.nspname NOT LIKE 'pg\\_%')
+           AND NOT EXISTS (SELECT 1 FROM extension_member e
+                            WHERE e.classid = 'pg_proc'::regclass AND e.objid = p.oid)
         ORDER BY 1""").fetchall()
     return [str(row[0]) for row in rows]
 
@@ -186,8 +199,9 @@ def restore_postgres(source: Path, url: str, data_dir: Path) -> BackupReport:
                 f"the database {describe(url)} is not empty ({shown}); restore into a new,"
                 " empty database (createdb, then point EVENT_STORE at it): nothing was"
                 " changed, and --force does not apply to a PostgreSQL store")
-        # A command run before the restore may have made the read models' schema, empty.
-        db.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(SCHEMA)))
+        # A command run before the restore may have made the read models' schema: it holds
+        # nothing (at most an extension's objects), and the archive creates it.
+        db.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
     _run(pg_restore, url, "--no-owner", "--no-privileges", "--exit-on-error",
          "--single-transaction", str(source / DUMP))
     data_dir.mkdir(parents=True, exist_ok=True)
