@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import datetime
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeAlias
 
 from projections.base import ISO_FORMAT, iso
 from projections.batch import Batch, BatchProjection
+from projections.database import PostgresDB, ReadDB
+
+# A sync connection: the runner's (writing) or a reader's.
+DB: TypeAlias = sqlite3.Connection | PostgresDB
 
 
 class MessagesProjection(BatchProjection):
@@ -22,20 +24,20 @@ class MessagesProjection(BatchProjection):
     CREATE TABLE IF NOT EXISTS messages (
         id TEXT PRIMARY KEY,
         session_id TEXT NOT NULL,
-        position INTEGER NOT NULL,
+        position BIGINT NOT NULL,
         role TEXT NOT NULL,
         content TEXT NOT NULL,
         timestamp TEXT NOT NULL,
         status TEXT NOT NULL,
-        token_count INTEGER,
-        processing_time REAL,
+        token_count BIGINT,
+        processing_time DOUBLE PRECISION,
         metadata TEXT NOT NULL DEFAULT '{}',
-        queue_position INTEGER,
+        queue_position BIGINT,
         started_at TEXT,
         in_reply_to TEXT,
         parent_id TEXT,
         version_of TEXT,
-        on_branch INTEGER NOT NULL DEFAULT 1
+        on_branch BIGINT NOT NULL DEFAULT 1
     );
     CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, position);
     CREATE INDEX IF NOT EXISTS messages_on_branch
@@ -54,7 +56,7 @@ class MessagesProjection(BatchProjection):
     def __init__(self) -> None:
         self._handlers: dict[type, Any] = {}  # event class -> its on_* handler, or None
 
-    def apply_batch(self, db: sqlite3.Connection, batch: Batch) -> None:
+    def apply_batch(self, db: DB, batch: Batch) -> None:
         """Event by event, except for a reply's token batches: they are gathered and
         written as one UPDATE per reply, before the first event that reads or rewrites
         that text (a rebuild is mostly tokens). A reply completed within the batch gets
@@ -91,7 +93,7 @@ class MessagesProjection(BatchProjection):
         if pending:
             self._add_tokens(db, pending)
 
-    def _add_tokens(self, db: sqlite3.Connection,
+    def _add_tokens(self, db: DB,
                     pending: dict[int, tuple[Any, list[str], int]]) -> None:
         db.executemany(
             "UPDATE messages SET content = content || ?, token_count = token_count + ?"
@@ -100,7 +102,7 @@ class MessagesProjection(BatchProjection):
              for reply_id, texts, count in pending.values()])
         pending.clear()
 
-    def on_ChatSession_UserMessagePosted(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+    def on_ChatSession_UserMessagePosted(self, db: DB, e: Any, pos: int) -> None:
         session_id = str(e.originator_id)
         db.execute(
             "INSERT INTO messages (id, session_id, position, role, content, timestamp, status,"
@@ -109,13 +111,13 @@ class MessagesProjection(BatchProjection):
              _branch_tip(db, session_id)),
         )
 
-    def on_ChatSession_UserMessageEdited(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+    def on_ChatSession_UserMessageEdited(self, db: DB, e: Any, pos: int) -> None:
         """The new version follows what the edited message followed; the current branch
         becomes the path to it (the old one stays, off the branch, viewable)."""
         session_id = str(e.originator_id)
-        parent_id, root = db.execute(
-            "SELECT parent_id, COALESCE(version_of, id) FROM messages WHERE id = ?",
-            (str(e.message_id),)).fetchone()
+        parent_id, root = _stored(
+            db, "SELECT parent_id, COALESCE(version_of, id) FROM messages WHERE id = ?",
+            (str(e.message_id),))
         db.execute(
             "INSERT INTO messages (id, session_id, position, role, content, timestamp, status,"
             " parent_id, version_of) VALUES (?, ?, ?, 'user', ?, ?, 'complete', ?, ?)",
@@ -124,7 +126,7 @@ class MessagesProjection(BatchProjection):
         )
         _follow_branch(db, session_id, str(e.new_message_id))
 
-    def on_ChatSession_MessageImported(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+    def on_ChatSession_MessageImported(self, db: DB, e: Any, pos: int) -> None:
         # The message's own time from the file, not the import's.
         # A file's branches come as they were exported; without them (version 1 files,
         # other apps, events stored before) each message follows the branch so far.
@@ -146,7 +148,7 @@ class MessagesProjection(BatchProjection):
              int(on_branch)),
         )
 
-    def on_ChatSession_ReplyQueued(self, db: sqlite3.Connection, e: Any, pos: int) -> None:
+    def on_ChatSession_ReplyQueued(self, db: DB, e: Any, pos: int) -> None:
         # A reply is on the branch its message is on.
         db.execute(
             "INSERT INTO messages (id, session_id, position, role, content, timestamp, status,"
@@ -157,18 +159,18 @@ class MessagesProjection(BatchProjection):
              str(e.in_reply_to), str(e.in_reply_to)),
         )
 
-    def on_ChatSession_ReplyStarted(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_ReplyStarted(self, db: DB, e: Any, _: int) -> None:
         db.execute("UPDATE messages SET status = 'streaming', started_at = ? WHERE id = ?",
                    (iso(e.timestamp), str(e.reply_id)))
 
-    def on_ChatSession_TokensGenerated(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_TokensGenerated(self, db: DB, e: Any, _: int) -> None:
         db.execute(
             "UPDATE messages SET content = content || ?, token_count = token_count + ?"
             " WHERE id = ?",
             (e.text, e.token_count, str(e.reply_id)),
         )
 
-    def on_ChatSession_ReplyCompleted(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_ReplyCompleted(self, db: DB, e: Any, _: int) -> None:
         metadata = {
             "model_version": e.model_version,
             "model_params": e.model_params,
@@ -182,23 +184,22 @@ class MessagesProjection(BatchProjection):
             (e.content, e.token_count, e.processing_time, _json(metadata), str(e.reply_id)),
         )
 
-    def on_ChatSession_ReplyFailed(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_ReplyFailed(self, db: DB, e: Any, _: int) -> None:
         metadata = {"finish_reason": "error", "error": {"code": e.code, "message": e.message}}
         self._end(db, e, "failed", None, metadata)
 
-    def on_ChatSession_ReplyCancelled(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_ReplyCancelled(self, db: DB, e: Any, _: int) -> None:
         self._end(db, e, "cancelled", e.content, {"finish_reason": "cancelled"})
 
-    def on_ChatSession_ReplyInterrupted(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_ReplyInterrupted(self, db: DB, e: Any, _: int) -> None:
         self._end(db, e, "interrupted", e.content, {"finish_reason": "interrupted"})
 
     def _end(
-        self, db: sqlite3.Connection, e: Any, status: str, content: str | None,
+        self, db: DB, e: Any, status: str, content: str | None,
         metadata: dict[str, Any],
     ) -> None:
-        row = db.execute("SELECT started_at, content FROM messages WHERE id = ?",
-                         (str(e.reply_id),)).fetchone()
-        started_at, current = row
+        started_at, current = _stored(
+            db, "SELECT started_at, content FROM messages WHERE id = ?", (str(e.reply_id),))
         elapsed = None
         if started_at:
             started = datetime.strptime(started_at, ISO_FORMAT)
@@ -211,11 +212,19 @@ class MessagesProjection(BatchProjection):
         )
 
 
+def _stored(db: DB, sql: str, params: tuple[Any, ...]) -> Any:
+    """The row a handler reads back: an earlier event of the log wrote it."""
+    row = db.execute(sql, params).fetchone()
+    if row is None:
+        raise LookupError(f"no row {params!r} for {sql!r}")
+    return row
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def _branch_tip(db: sqlite3.Connection, session_id: str) -> str | None:
+def _branch_tip(db: DB, session_id: str) -> str | None:
     """The newest user message on the session's current branch: a new one follows it."""
     row = db.execute(
         "SELECT id FROM messages WHERE session_id = ? AND on_branch = 1 AND role = 'user'"
@@ -223,7 +232,7 @@ def _branch_tip(db: sqlite3.Connection, session_id: str) -> str | None:
     return str(row[0]) if row else None
 
 
-def _follow_branch(db: sqlite3.Connection, session_id: str, tip: str) -> None:
+def _follow_branch(db: DB, session_id: str, tip: str) -> None:
     """Make the path from the first message to `tip` the session's current branch: those
     user messages, their replies, and replies that answer no user message (imported)."""
     chain: list[str] = []
@@ -257,7 +266,7 @@ def message_view(row: Any) -> dict[str, Any]:
     return message
 
 
-async def list_messages(db: aiosqlite.Connection, session_id: str) -> list[dict[str, Any]]:
+async def list_messages(db: ReadDB, session_id: str) -> list[dict[str, Any]]:
     async with db.execute(
         f"SELECT {COLUMNS} FROM messages m WHERE m.session_id = ? AND m.on_branch = 1"
         " ORDER BY m.position",
@@ -266,7 +275,7 @@ async def list_messages(db: aiosqlite.Connection, session_id: str) -> list[dict[
         return [message_view(row) for row in await cursor.fetchall()]
 
 
-async def get_message(db: aiosqlite.Connection, message_id: str) -> dict[str, Any] | None:
+async def get_message(db: ReadDB, message_id: str) -> dict[str, Any] | None:
     async with db.execute(f"SELECT {COLUMNS} FROM messages m WHERE m.id = ?",
                           (message_id,)) as cursor:
         row = await cursor.fetchone()
@@ -274,7 +283,7 @@ async def get_message(db: aiosqlite.Connection, message_id: str) -> dict[str, An
 
 
 def history_before(
-    db: sqlite3.Connection, session_id: str, reply_id: str, max_chars: int
+    db: DB, session_id: str, reply_id: str, max_chars: int
 ) -> list[tuple[str, str, str]]:
     """The conversation a reply answers, oldest first: (message_id, role, content).
 
@@ -311,7 +320,7 @@ def history_before(
     return turns
 
 
-async def open_replies(db: aiosqlite.Connection) -> list[tuple[str, str]]:
+async def open_replies(db: ReadDB) -> list[tuple[str, str]]:
     """(session_id, reply_id) of every reply still queued or streaming."""
     async with db.execute(
         "SELECT session_id, id FROM messages WHERE status IN ('queued', 'streaming')"
@@ -320,7 +329,7 @@ async def open_replies(db: aiosqlite.Connection) -> list[tuple[str, str]]:
         return [(row[0], row[1]) for row in await cursor.fetchall()]
 
 
-async def user_stats(db: aiosqlite.Connection, owner_id: str) -> dict[str, Any]:
+async def user_stats(db: ReadDB, owner_id: str) -> dict[str, Any]:
     async with db.execute(
         "SELECT COUNT(DISTINCT s.id), COUNT(m.id),"
         " COALESCE(SUM(CASE WHEN m.role = 'assistant' THEN m.token_count END), 0),"
@@ -330,7 +339,7 @@ async def user_stats(db: aiosqlite.Connection, owner_id: str) -> dict[str, Any]:
         " WHERE s.owner_id = ? AND s.deleted = 0",
         (owner_id,),
     ) as cursor:
-        sessions, messages, tokens, avg_time = await cursor.fetchone()  # type: ignore[misc]
+        sessions, messages, tokens, avg_time = await cursor.fetchone()
     return {
         "sessions": sessions,
         "messages": messages,
@@ -339,7 +348,7 @@ async def user_stats(db: aiosqlite.Connection, owner_id: str) -> dict[str, Any]:
     }
 
 
-async def count_messages(db: aiosqlite.Connection) -> int:
+async def count_messages(db: ReadDB) -> int:
     async with db.execute(
         "SELECT COUNT(*) FROM messages m JOIN sessions s ON s.id = m.session_id"
         " WHERE s.deleted = 0"
@@ -348,7 +357,7 @@ async def count_messages(db: aiosqlite.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-async def snapshot(db: aiosqlite.Connection, session_id: str, limit: int | None = None
+async def snapshot(db: ReadDB, session_id: str, limit: int | None = None
                    ) -> tuple[int, list[dict[str, Any]]]:
     """(position, messages) read in one statement, hence from one consistent snapshot: the
     messages reflect exactly the events up to `position`, so a live stream resumed from
@@ -358,7 +367,7 @@ async def snapshot(db: aiosqlite.Connection, session_id: str, limit: int | None 
     async with db.execute(
         f"SELECT p.position AS applied, m.* FROM projection_positions p"
         f" LEFT JOIN (SELECT {COLUMNS}, m.position FROM messages m"
-        f"  WHERE m.session_id = ? AND m.on_branch = 1{newest}) m"
+        f"  WHERE m.session_id = ? AND m.on_branch = 1{newest}) m ON 1 = 1"
         " WHERE p.name = 'messages' ORDER BY m.position",
         (session_id,),
     ) as cursor:
@@ -374,7 +383,7 @@ async def snapshot(db: aiosqlite.Connection, session_id: str, limit: int | None 
     return position, messages
 
 
-async def page_before(db: aiosqlite.Connection, session_id: str, before_id: str,
+async def page_before(db: ReadDB, session_id: str, before_id: str,
                       limit: int) -> tuple[list[dict[str, Any]], bool] | None:
     """(the `limit` messages of the current branch just before `before_id`, oldest first;
     whether there are more before them), or None when `before_id` is not on the branch."""
@@ -395,7 +404,7 @@ async def page_before(db: aiosqlite.Connection, session_id: str, before_id: str,
     return [message_view(row) for row in reversed(rows[:limit])], more
 
 
-async def daily_usage(db: aiosqlite.Connection, owner_id: str,
+async def daily_usage(db: ReadDB, owner_id: str,
                       since_day: str) -> dict[str, tuple[int, int]]:
     """{UTC day "YYYY-MM-DD": (messages, tokens generated)} of the user's chats that are
     not deleted, from `since_day` on; days without messages are absent."""
@@ -409,7 +418,7 @@ async def daily_usage(db: aiosqlite.Connection, owner_id: str,
         return {row[0]: (int(row[1]), int(row[2])) for row in await cursor.fetchall()}
 
 
-async def queued_replies(db: aiosqlite.Connection, session_id: str) -> list[str]:
+async def queued_replies(db: ReadDB, session_id: str) -> list[str]:
     """The ids of the session's replies still waiting in the queue."""
     async with db.execute(
         "SELECT id FROM messages WHERE session_id = ? AND status = 'queued' ORDER BY position",
@@ -424,7 +433,7 @@ async def queued_replies(db: aiosqlite.Connection, session_id: str) -> list[str]
 BRANCH_COLUMNS = "m.id, m.session_id, m.role, m.position, m.parent_id, m.version_of, m.on_branch"
 
 
-async def branch_row(db: aiosqlite.Connection, message_id: str) -> dict[str, Any] | None:
+async def branch_row(db: ReadDB, message_id: str) -> dict[str, Any] | None:
     """Where a message stands: its session, role, parent, first version, on the branch."""
     async with db.execute(f"SELECT {BRANCH_COLUMNS} FROM messages m WHERE m.id = ?",
                           (message_id,)) as cursor:
@@ -432,7 +441,7 @@ async def branch_row(db: aiosqlite.Connection, message_id: str) -> dict[str, Any
     return dict(row) if row else None
 
 
-async def versions(db: aiosqlite.Connection, session_id: str) -> dict[str, list[str]]:
+async def versions(db: ReadDB, session_id: str) -> dict[str, list[str]]:
     """{first version's id: every version's id, oldest first} of the session's edited
     user messages (messages never edited are absent)."""
     async with db.execute(
@@ -447,7 +456,7 @@ async def versions(db: aiosqlite.Connection, session_id: str) -> dict[str, list[
     return groups
 
 
-async def path_through(db: aiosqlite.Connection, session_id: str,
+async def path_through(db: ReadDB, session_id: str,
                        message_id: str) -> list[dict[str, Any]]:
     """The conversation as it went through one version of a message: the messages it
     followed, then at each later step the newest version that followed it."""
@@ -480,7 +489,7 @@ async def path_through(db: aiosqlite.Connection, session_id: str,
         return [message_view(row) for row in await cursor.fetchall() if row["id"] in shown]
 
 
-async def branch_fields(db: aiosqlite.Connection, session_id: str) -> dict[str, dict[str, Any]]:
+async def branch_fields(db: ReadDB, session_id: str) -> dict[str, dict[str, Any]]:
     """{message id: {parent_id, version_of, on_branch}} of every message of the session,
     old branches included (what an export needs to carry the branches)."""
     async with db.execute(
@@ -491,7 +500,7 @@ async def branch_fields(db: aiosqlite.Connection, session_id: str) -> dict[str, 
                 for row in await cursor.fetchall()}
 
 
-async def every_message(db: aiosqlite.Connection, session_id: str) -> list[dict[str, Any]]:
+async def every_message(db: ReadDB, session_id: str) -> list[dict[str, Any]]:
     """Every message of the session, old branches included, in order, each with where it
     stands (parent_id, version_of, on_branch, in_reply_to): what an export carries."""
     async with db.execute(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeAlias
 
 from projections.base import Projection, iso, row_dict
+from projections.database import PostgresDB, ReadDB, dialect_of
+
+# A sync connection: the runner's (writing) or a reader's.
+DB: TypeAlias = sqlite3.Connection | PostgresDB
 
 
 class SessionsProjection(Projection):
@@ -21,14 +23,14 @@ class SessionsProjection(Projection):
         title TEXT NOT NULL,
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
-        message_count INTEGER NOT NULL DEFAULT 0,
+        message_count BIGINT NOT NULL DEFAULT 0,
         config TEXT NOT NULL,
-        deleted INTEGER NOT NULL DEFAULT 0
+        deleted BIGINT NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS sessions_by_owner ON sessions (owner_id, deleted, updated_at);
     """
 
-    def on_ChatSession_Started(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_Started(self, db: DB, e: Any, _: int) -> None:
         stamp = iso(e.timestamp)
         db.execute(
             "INSERT INTO sessions (id, owner_id, title, created_at, updated_at, config)"
@@ -37,30 +39,32 @@ class SessionsProjection(Projection):
              json.dumps(e.config, ensure_ascii=False, sort_keys=True)),
         )
 
-    def _touch(self, db: sqlite3.Connection, e: Any, sql: str = "", *args: Any) -> None:
+    def _touch(self, db: DB, e: Any, sql: str = "", *args: Any) -> None:
         extra = f", {sql}" if sql else ""
         db.execute(f"UPDATE sessions SET updated_at = ?{extra} WHERE id = ?",
                    (iso(e.timestamp), *args, str(e.originator_id)))
 
-    def on_ChatSession_Renamed(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_Renamed(self, db: DB, e: Any, _: int) -> None:
         self._touch(db, e, "title = ?", e.title)
 
-    def on_ChatSession_Configured(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_Configured(self, db: DB, e: Any, _: int) -> None:
         row = db.execute("SELECT config FROM sessions WHERE id = ?",
                          (str(e.originator_id),)).fetchone()
+        if row is None:
+            raise LookupError(f"no session {e.originator_id} to configure")
         config = {**json.loads(row[0]), **e.changes}
         self._touch(db, e, "config = ?", json.dumps(config, ensure_ascii=False, sort_keys=True))
 
-    def on_ChatSession_Deleted(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_Deleted(self, db: DB, e: Any, _: int) -> None:
         self._touch(db, e, "deleted = 1")
 
-    def on_ChatSession_UserMessagePosted(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_UserMessagePosted(self, db: DB, e: Any, _: int) -> None:
         self._touch(db, e, "message_count = message_count + 1")
 
-    def on_ChatSession_ReplyQueued(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_ReplyQueued(self, db: DB, e: Any, _: int) -> None:
         self._touch(db, e, "message_count = message_count + 1")
 
-    def on_ChatSession_MessageImported(self, db: sqlite3.Connection, e: Any, _: int) -> None:
+    def on_ChatSession_MessageImported(self, db: DB, e: Any, _: int) -> None:
         self._touch(db, e, "message_count = message_count + 1")
 
 
@@ -77,23 +81,47 @@ def _detail(row: Any) -> dict[str, Any]:
     return session
 
 
+def _not_api(dialect: str) -> str:
+    """SQL true unless the session's config has origin "api".
+
+    PostgreSQL's JSON operators fail on a whole document holding an escaped NUL (`\\u0000`,
+    which json.dumps writes for a NUL in a system prompt) or a lone surrogate, so there the
+    config's text is searched instead: written by json.dumps with sorted keys and default
+    separators, a flat object whose keys are the application's own, it holds
+    `"origin": "api"` exactly when its origin is "api" (a quote inside a string value is
+    always escaped, so no value can imitate the pair).
+    """
+    if dialect == "postgresql":
+        return "strpos(s.config, '\"origin\": \"api\"') = 0"
+    return "COALESCE(json_extract(s.config, '$.origin'), '') != 'api'"
+
+
+def _contains(dialect: str, column: str) -> str:
+    """SQL true when `column` holds the next parameter (a `_like` pattern), ignoring ASCII
+    case. SQLite's LIKE already does (lower() on both sides would double the cost of a
+    search through every message); PostgreSQL's LIKE does not."""
+    if dialect == "postgresql":
+        return f"lower({column}) LIKE lower(?) ESCAPE '\\'"
+    return f"{column} LIKE ? ESCAPE '\\'"
+
+
 def _like(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
 
 async def list_sessions(
-    db: aiosqlite.Connection, owner_id: str, q: str = "", limit: int = 50
+    db: ReadDB, owner_id: str, q: str = "", limit: int = 50
 ) -> list[dict[str, Any]]:
     params: list[Any] = [owner_id]
     # Sessions the LLM API opened for one generation (config origin "api") are not chats
     # the user started: they stay out of the list, readable by id for audit.
-    where = ("s.owner_id = ? AND s.deleted = 0"
-             " AND COALESCE(json_extract(s.config, '$.origin'), '') != 'api'")
+    dialect = dialect_of(db)
+    where = f"s.owner_id = ? AND s.deleted = 0 AND {_not_api(dialect)}"
     if q:
         where += (
-            " AND (s.title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m"
-            " WHERE m.session_id = s.id AND m.content LIKE ? ESCAPE '\\'))"
+            f" AND ({_contains(dialect, 's.title')} OR EXISTS (SELECT 1 FROM messages m"
+            f" WHERE m.session_id = s.id AND {_contains(dialect, 'm.content')}))"
         )
         params += [_like(q), _like(q)]
     params.append(limit)
@@ -106,7 +134,7 @@ async def list_sessions(
 
 
 async def get_session(
-    db: aiosqlite.Connection, owner_id: str, session_id: str
+    db: ReadDB, owner_id: str, session_id: str
 ) -> dict[str, Any] | None:
     async with db.execute(
         f"SELECT {SUMMARY}, s.config FROM sessions s"
@@ -117,7 +145,7 @@ async def get_session(
     return _detail(row) if row else None
 
 
-async def count_sessions(db: aiosqlite.Connection, owner_id: str | None = None) -> int:
+async def count_sessions(db: ReadDB, owner_id: str | None = None) -> int:
     sql, params = "SELECT COUNT(*) FROM sessions WHERE deleted = 0", []
     if owner_id is not None:
         sql += " AND owner_id = ?"
