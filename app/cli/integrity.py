@@ -177,6 +177,9 @@ def rebuild_command(ctx: Context, args: argparse.Namespace) -> int:
             return USAGE
         for name in names:
             runner.request_rebuild(name)
+        if not runner.is_leader:  # PostgreSQL: a running server applies the log
+            runner.stop()
+            return _rebuild_requested(ctx, names)
         bar = ctx.progress("rebuilding (one transaction)", chat.head())
         position = runner.catch_up()
         seconds = bar.finish(position)
@@ -188,6 +191,19 @@ def rebuild_command(ctx: Context, args: argparse.Namespace) -> int:
                   "not_rebuilt": ["vectors"]})
     else:
         ctx.say(f"{', '.join(names)} rebuilt to position {position} in {seconds:.1f} s")
+        ctx.say(VECTORS_NOT_REBUILT)
+    return OK
+
+
+def _rebuild_requested(ctx: Context, names: list[str]) -> int:
+    """Another process leads the projections (a server on the same PostgreSQL database):
+    it was asked to rebuild them, and does so in the background while it serves."""
+    if ctx.json:
+        ctx.emit({"requested": names, "rebuilt_by": "the running server",
+                  "not_rebuilt": ["vectors"]})
+    else:
+        ctx.say(f"a running server applies the log: it was asked to rebuild"
+                f" {', '.join(names)} (in the background; see the admin dashboard)")
         ctx.say(VECTORS_NOT_REBUILT)
     return OK
 
@@ -225,7 +241,8 @@ def register(commands: Any) -> None:
     rebuild = add_command(
         commands, "rebuild", rebuild_command, "rebuild the live read models (server stopped)",
         "Rebuild read models in place from position 0, in one transaction. Run it with the\n"
-        "server stopped (a running server rebuilds through the admin API instead).\n\n"
+        "server stopped (a running server rebuilds through the admin API instead; with a\n"
+        "PostgreSQL store, a running server is asked to rebuild them).\n\n"
         "The vector index (semantic search) is not one of them and is not rebuilt: it\n"
         "follows the log on its own position (DATA_DIR/vectors.sqlite) and catches up in\n"
         "the background while the server runs.")
