@@ -28,7 +28,13 @@ from eventsourcing.persistence import Notification
 
 from domain.application import ChatApplication
 from projections.base import Projection
-from projections.database import PostgresReadModels, ReadModels, SQLiteReadModels
+from projections.database import (
+    SCHEMA,
+    PostgresDB,
+    PostgresReadModels,
+    ReadModels,
+    SQLiteReadModels,
+)
 from projections.runner import ProjectionRunner, all_projections
 
 SAMPLE_ROWS = 3
@@ -85,7 +91,7 @@ def build(application: ChatApplication, target: Path | ReadModels, upto: int,
     Runs the runner's own catch-up (the code the server runs) in a thread; this thread
     reports progress from the committed positions. Returns the seconds taken."""
     runner = ProjectionRunner(cast(Application[Any], _LogUpTo(application, upto)),
-                              cast(Any, target), projections)
+                              target, projections)
     failure: list[BaseException] = []
 
     def work() -> None:
@@ -242,6 +248,20 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+@dataclass(frozen=True)
+class _BesideLive(PostgresReadModels):
+    """Read models in a schema of their own that still see what the live schema holds
+    besides tables (pg_trgm's operator classes, if the extension was created there)."""
+
+    live_schema: str = SCHEMA
+
+    def connect(self) -> PostgresDB:
+        db = super().connect()
+        db.execute(f"SET search_path TO {_quoted(self.schema)}, {_quoted(self.live_schema)},"
+                   " public")
+        return db
+
+
 def _tables_of(db: Any, schema: str) -> set[str]:
     return {row[0] for row in db.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", (schema,))}
@@ -290,12 +310,12 @@ def _replay_postgres(application: ChatApplication, live: PostgresReadModels,
             skipped = {n: live_positions.get(n, 0) for n in names
                        if live_positions.get(n, 0) != at}
             progress = progress_for(at) if progress_for else None
-            built = PostgresReadModels(live.url, fresh)
+            built = _BesideLive(live.url, fresh, live.schema)
             try:
                 seconds = build(application, built, at, progress, all_projections())
                 if not had_live:  # nothing to compare with: empty read models
                     ProjectionRunner(cast(Application[Any], _LogUpTo(application, 0)),
-                                     cast(Any, PostgresReadModels(live.url, copy))).stop()
+                                     _BesideLive(live.url, copy, live.schema)).stop()
                 compared = [p for p in projections if p.name not in skipped]
                 tables_diff = [_diff_table(db, table, copy, fresh)
                                for p in compared for table in p.tables]

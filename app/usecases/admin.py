@@ -36,6 +36,7 @@ from projections import hashchain
 from projections import messages as messages_read
 from projections import sessions as sessions_read
 from projections import users as users_read
+from projections.database import ReadModels, SQLiteReadModels
 
 T = TypeVar("T")
 
@@ -52,13 +53,21 @@ EVENT_PAGE = 1000  # events read from the log per query while folding a session
 # -- reading the log by index (app/audit/browse.py, in a worker thread) ---------------------
 
 
+def read_models_of(services: Services) -> ReadModels:
+    """The server's read models (the event index the browser filters by)."""
+    found: ReadModels | None = getattr(services, "read_models", None)
+    # Until the composition root holds them, the server's are the SQLite file.
+    return found if found is not None else SQLiteReadModels(services.settings.read_model_path)
+
+
 async def _browse(services: Services, work: Callable[[EventBrowser], T]) -> T:
     settings = services.settings
+    read_models = read_models_of(services)
 
     def run() -> T:
         from app.audit.browse_pg import open_browser  # psycopg only for PostgreSQL
 
-        browser = open_browser(settings, services.chat)  # SQLite or PostgreSQL
+        browser = open_browser(settings, services.chat, read_models)  # SQLite or PostgreSQL
         try:
             return work(browser)
         finally:
