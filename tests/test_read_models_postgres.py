@@ -25,6 +25,7 @@ from projections.base import Projection
 from projections.batch import BatchProjection
 from projections.database import PostgresReadModels, ReadModels, SQLiteReadModels
 from projections.messages import MessagesProjection
+from projections.runner import ProjectionRunner
 from projections.sessions import SessionsProjection
 from projections.stored_rows import LibrarySource
 from tests.postgres import PostgresCluster, both_stores
@@ -202,6 +203,12 @@ async def answers(models: ReadModels) -> dict[str, Any]:
         db.close()
 
 
+def assert_same(on_sqlite: dict[str, Any], on_postgres: dict[str, Any]) -> None:
+    assert on_postgres.keys() == on_sqlite.keys()
+    for key, expected in on_sqlite.items():
+        assert plain(on_postgres[key]) == plain(expected), key
+
+
 def test_postgres_read_models_answer_as_sqlite_does(
     chat: ChatApplication, postgres: PostgresCluster, tmp_path: Path
 ) -> None:
@@ -214,9 +221,7 @@ def test_postgres_read_models_answer_as_sqlite_does(
     on_sqlite = asyncio.run(answers(lite))
     on_postgres = asyncio.run(answers(pg))
 
-    assert on_postgres.keys() == on_sqlite.keys()
-    for key, expected in on_sqlite.items():
-        assert plain(on_postgres[key]) == plain(expected), key
+    assert_same(on_sqlite, on_postgres)
 
     # The answers are worth comparing: what each store found, checked on PostgreSQL.
     bob, talk = str(ids["bob"]), str(ids["talk"])
@@ -253,3 +258,23 @@ def test_postgres_read_models_answer_as_sqlite_does(
     assert [m["content"] for m in old_version] == [
         "안녕 👋 Hello World", "반가워요 🎉\ufffd끝", "널 문자: a\ufffdb", "네"]
     assert len(on_postgres) == len(on_sqlite) > 300 and h
+
+
+def test_the_runner_writes_them_on_postgres_as_on_sqlite(
+    chat: ChatApplication, postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    """The same through the runner (its transactions, positions and batch sizes)."""
+    populate(chat)
+    ids = populate_unicode(chat)
+    found: dict[str, dict[str, Any]] = {}
+    for models in (SQLiteReadModels(tmp_path / "read.sqlite"),
+                   PostgresReadModels(postgres.create_database("runner"))):
+        runner = ProjectionRunner(chat, models, [SessionsProjection(), MessagesProjection()])
+        try:
+            assert runner.catch_up() == chat.head()
+        finally:
+            runner.stop()
+        found[models.dialect] = asyncio.run(answers(models))
+    assert_same(found["sqlite"], found["postgresql"])
+    applied, shown = found["postgresql"][f"snapshot {ids['imported']} None"]
+    assert applied == chat.head() and [m["content"] for m in shown] == ["고친 질문", "고친 답 😀"]
