@@ -298,17 +298,18 @@ def test_backup_while_writing_then_restore_into_an_empty_database(
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        while len(acknowledged) < 20:
+        while len(acknowledged) < 20 and thread.is_alive():
             time.sleep(0.01)
         before = acknowledged[-1]
         status, out, err = pair.pg.run("backup", str(tmp_path / "backup"), "--json")
         during = len(acknowledged)
-        while len(acknowledged) < during + 10:  # the writer went on during the dump
+        while len(acknowledged) < during + 10 and thread.is_alive():  # it writes on
             time.sleep(0.01)
     finally:
         stop.set()
         thread.join()
     assert status == 0, err
+    assert len(acknowledged) >= during + 10, "the writer stopped"
     report = lines(out)[0]
     assert report["events_head"] >= before
     assert "database.dump" in report["files"] and "secret_key" in report["files"]
