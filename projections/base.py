@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 from eventsourcing.domain import DomainEventProtocol
 
+from projections.database import dialect_of
+
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
@@ -30,11 +32,14 @@ class Projection:
     version: ClassVar[int] = 1
 
     def create(self, db: sqlite3.Connection) -> None:
+        """Run the schema script (SQLite's executescript, or PostgresDB's: one simple query)."""
         db.executescript(self.schema)
 
     def drop(self, db: sqlite3.Connection) -> None:
+        # On PostgreSQL, with what depends on the table (a view, a foreign key).
+        cascade = " CASCADE" if dialect_of(db) == "postgresql" else ""
         for table in self.tables:
-            db.execute(f"DROP TABLE IF EXISTS {table}")
+            db.execute(f"DROP TABLE IF EXISTS {table}{cascade}")
 
     def clear(self, db: sqlite3.Connection) -> None:
         for table in self.tables:

@@ -40,6 +40,7 @@ from projections.event_index import EventIndexProjection
 from projections.hashchain import HashChainProjection
 from projections.leader import (
     APPLIED_CHANNEL,
+    CONNECT_TIMEOUT,
     REBUILD_CHANNEL,
     AdvisoryLock,
     Listener,
@@ -279,10 +280,16 @@ class ProjectionRunner:
             if isinstance(events, str):
                 channels.append(events)
             self._listener = Listener(self._pg.url, channels, self._on_notify).start()
+            # What committed before the LISTEN took effect sent its NOTIFY to nobody: one
+            # catch-up once it listens covers it (polling would, a second later).
+            self._listener.wait_listening(CONNECT_TIMEOUT)
+            self._wakeup.set()
         self._thread = threading.Thread(target=self._run, name="projections", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         self._wakeup.set()
         if self._thread is not None:
@@ -295,9 +302,15 @@ class ProjectionRunner:
         with contextlib.suppress(Exception):  # a PostgreSQL connection may be dead already
             self._db.close()
         self._source.close()
-        with self._reader_lock, contextlib.suppress(Exception):
-            self._reader.close()
-        if self._leadership is not None:  # last: nothing is written after it is given up
+        with self._reader_lock:
+            if self._leadership is not None and self._leadership.held:
+                # After the last write: a follower takes over at once, not at its next try.
+                self._leadership.release()
+                with contextlib.suppress(Exception):
+                    notify(self._reader, APPLIED_CHANNEL, "")
+            with contextlib.suppress(Exception):
+                self._reader.close()
+        if self._leadership is not None:
             self._leadership.release()
 
     def wake(self, _head: int | None = None) -> None:
@@ -703,6 +716,9 @@ class _FreshCopy:
                 live_db.execute(f"DROP SCHEMA IF EXISTS {_quoted(stale)} CASCADE")
             schema = prefix + uuid.uuid4().hex[:8]
             db = PostgresReadModels(live.url, schema).connect()
+            # New tables go into the copy's schema; what the live schema holds besides
+            # tables (an extension's operator classes: pg_trgm's) stays visible.
+            db.execute(f"SET search_path TO {_quoted(schema)}, {_quoted(live.schema)}, public")
             copy = cls(names, db, fresh, schema=schema)
         else:
             assert isinstance(live, SQLiteReadModels)
