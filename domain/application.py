@@ -124,6 +124,7 @@ class ChatApplication(Application[UUID]):
 
     # -- users -------------------------------------------------------------------------
 
+    @retry_conflicts
     def register_user(self, username: str, email: str, password_hash: str) -> User:
         with self._lock:
             try:
@@ -144,6 +145,8 @@ class ChatApplication(Application[UUID]):
             try:
                 self._save(user, index, admin_seat)
             except IntegrityError as error:
+                if self.find_user(username) is None:  # the admin seat went to another: retry
+                    raise
                 raise UsernameTaken(username) from error
             return user
 
@@ -181,6 +184,7 @@ class ChatApplication(Application[UUID]):
         return self._change_user(user_id,
                                  lambda user: user.change_password(password_hash, keep_token))
 
+    @retry_conflicts
     def _change_user(self, user_id: UUID, change: Callable[[User], None]) -> int:
         with self._lock:
             user = self.get_user(user_id)
@@ -317,6 +321,7 @@ class ChatApplication(Application[UUID]):
             user.revoke_admin(by)
         return self._administer(user_id, change)
 
+    @retry_conflicts
     def _administer(self, user_id: UUID, change: Callable[[User, AdminSeat], None]) -> int:
         with self._lock:
             user = self.get_user(user_id)

@@ -230,6 +230,8 @@ class InferenceActor:
         other users (without one, the session stands for its user)."""
         job = Job(session_id, reply_id, position, owner or f"session:{session_id}")
         with self._lock:
+            if reply_id in self._flights or any(j.reply_id == reply_id for j in self._waiting):
+                return  # heard twice (several workers: its request, and the log's notice)
             self._waiting.push(job.owner, job)
         self._wakeup.set()
 

@@ -1,0 +1,215 @@
+"""Two web workers (two uvicorn processes) on one PostgreSQL event store (issue 11 §2).
+
+Each worker has its own DATA_DIR and the same SECRET_KEY. A reply posted to one streams
+to a client of the other, is generated once (one claim, one set of tokens), resumes from a
+`Last-Event-ID` on either worker, and a worker killed while generating leaves its reply to
+the other, which marks it interrupted, keeping its text.
+
+Until the read models live in PostgreSQL (and the projections run once across the
+cluster), each worker projects the whole log into its own SQLite read models, woken by the
+other's commits through LISTEN/NOTIFY: a request to the second worker right after a write
+to the first may find its read models a moment behind, so the tests wait for what they
+need to be visible there (`visible`), never for a fixed time.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.postgres import PostgresCluster
+from tests.server import Api, ServerProcess, sse_events
+from tests.test_streaming import LONG_PROMPT, post, read_until_end
+
+ENDINGS = ("done", "error", "cancelled")
+
+
+@pytest.fixture
+def workers(tmp_path: Path, postgres: PostgresCluster) -> Iterator[list[ServerProcess]]:
+    """Two workers on a new database: separate DATA_DIRs, one SECRET_KEY, one replies at a
+    time each (so a second reply has to go to the other worker)."""
+    url = postgres.create_database()
+    env = {"SECRET_KEY": secrets.token_hex(16), "N_PARALLEL": "1", "N_THREADS": "1"}
+    pair = [ServerProcess(tmp_path / name, url, **env) for name in ("a", "b")]
+    try:
+        for worker in pair:  # one after the other: the first creates the tables
+            worker.start()
+        yield pair
+    finally:
+        for worker in pair:
+            worker.stop()
+
+
+def visible(check: Callable[[], bool], timeout: float = 30) -> None:
+    """Wait until the other worker's read models show a write (they follow the log)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the other worker never saw the write"
+        time.sleep(0.05)
+
+
+def on(server: ServerProcess, api: Api) -> Api:
+    """The same user, signed in with the same token, on another worker."""
+    other = Api(server.url, api.token)
+    other.user = api.user
+    return other
+
+
+class Listener(threading.Thread):
+    """An SSE client of one session, connected before anything is posted, reading every
+    event until a reply ends."""
+
+    def __init__(self, api: Api, session_id: str) -> None:
+        super().__init__(daemon=True)
+        self.api, self.session_id = api, session_id
+        self.connected = threading.Event()
+        self.events: list[dict[str, Any]] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.api.http.stream("GET", f"/api/sessions/{self.session_id}/stream/",
+                                      headers={"Last-Event-ID": "0"},
+                                      timeout=httpx.Timeout(60, read=60)) as response:
+                assert response.status_code == 200, response.status_code
+                self.connected.set()
+                for event in sse_events(response):
+                    self.events.append(event)
+                    if event["event"] in ENDINGS:
+                        return
+        except BaseException as error:  # reported by the test's thread
+            self.error = error
+            self.connected.set()
+
+
+def claims(admin: Api, session_id: str, reply_id: str) -> list[dict[str, Any]]:
+    return [e for e in admin.events(type="ReplyClaimed", originator_id=session_id)
+            if e["data"]["reply_id"] == reply_id]
+
+
+def worker_of(claim: dict[str, Any], pair: list[ServerProcess]) -> ServerProcess:
+    """The worker whose process made the claim (its name is host:pid)."""
+    pid = int(str(claim["data"]["worker"]).rsplit(":", 1)[1])
+    found = [w for w in pair if w.proc is not None and w.proc.pid == pid]
+    assert len(found) == 1, (claim, [w.proc.pid for w in pair if w.proc])
+    return found[0]
+
+
+def test_a_reply_posted_to_one_worker_streams_to_a_client_of_the_other(
+    workers: list[ServerProcess],
+) -> None:
+    a, b = workers
+    on_a = Api(a.url).register()  # the first user: an admin, for the event list
+    session = on_a.new_session(title="두 일꾼", max_tokens=40, temperature=0)
+    on_b = on(b, on_a)
+    visible(lambda: on_b.get(f"/api/sessions/{session['id']}/").status_code == 200)
+    listener = Listener(on_b, session["id"])
+    listener.start()
+    assert listener.connected.wait(30) and listener.error is None, listener.error
+
+    posted = post(on_a, session["id"], "안녕하세요! 한 문장으로 인사해 주세요.")
+    reply_id = posted["reply"]["id"]
+    listener.join(120)
+
+    assert listener.error is None, listener.error
+    events = [e for e in listener.events if e["data"].get("reply_id") == reply_id]
+    names = [e["event"] for e in events]
+    assert names[0] == "queued" and names[-1] == "done", names
+    tokens = [e for e in events if e["event"] == "token"]
+    # Generated once: one run of token events, each index once, and one claim.
+    assert [t["data"]["index"] for t in tokens] == list(range(len(tokens)))
+    assert events[-1]["data"]["content"] == "".join(t["data"]["text"] for t in tokens)
+    assert len(claims(on_a, session["id"], reply_id)) == 1
+    started = [e for e in on_a.events(type="ReplyStarted", originator_id=session["id"])
+               if e["data"]["reply_id"] == reply_id]
+    assert len(started) == 1
+    # Positions are the log's: a client of A resuming from B's ids repeats nothing.
+    middle = tokens[len(tokens) // 2]
+    rest = read_until_end(on_a, session["id"], reply_id, middle["id"])
+    after = [e for e in events if int(e["id"]) > int(middle["id"])]
+    assert [(e["id"], e["event"], e["data"]) for e in rest] == \
+        [(e["id"], e["event"], e["data"]) for e in after]
+
+
+def test_a_stream_resumed_on_the_other_worker_continues_where_it_stopped(
+    workers: list[ServerProcess],
+) -> None:
+    a, b = workers
+    on_a = Api(a.url).register()
+    session = on_a.new_session(max_tokens=200, temperature=0.8)
+    posted = post(on_a, session["id"], LONG_PROMPT)
+    reply_id = posted["reply"]["id"]
+    first = read_until_end(on_a, session["id"], reply_id, posted["last_event_id"],
+                           stop_after_tokens=3)  # then the connection drops
+
+    on_b = on(b, on_a)
+    visible(lambda: on_b.get(f"/api/sessions/{session['id']}/").status_code == 200)
+    rest = read_until_end(on_b, session["id"], reply_id, first[-1]["id"])
+
+    everything = first + rest
+    ids = [int(e["id"]) for e in everything]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    tokens = [e for e in everything if e["event"] == "token"]
+    assert [t["data"]["index"] for t in tokens] == list(range(len(tokens)))
+    assert everything[-1]["event"] == "done"
+    assert everything[-1]["data"]["content"] == "".join(t["data"]["text"] for t in tokens)
+
+
+def test_a_busy_worker_leaves_the_next_reply_to_the_other(
+    workers: list[ServerProcess],
+) -> None:
+    a, _b = workers
+    on_a = Api(a.url).register()
+    long_chat = on_a.new_session(max_tokens=1500, temperature=0.9)
+    running = post(on_a, long_chat["id"], LONG_PROMPT)
+    read_until_end(on_a, long_chat["id"], running["reply"]["id"], running["last_event_id"],
+                   stop_after_tokens=1)  # it runs: the worker generating it has no room
+    short_chat = on_a.new_session(max_tokens=16, temperature=0)
+    waiting = post(on_a, short_chat["id"], "짧게 대답해 주세요.")
+
+    done = on_a.wait_reply(short_chat["id"], waiting["reply"]["id"])
+
+    assert done["status"] == "complete"
+    busy = claims(on_a, long_chat["id"], running["reply"]["id"])
+    other = claims(on_a, short_chat["id"], waiting["reply"]["id"])
+    assert len(busy) == 1 and len(other) == 1
+    assert worker_of(busy[0], workers) is not worker_of(other[0], workers)
+    on_a.post(f"/api/sessions/{long_chat['id']}/cancel/")
+
+
+def test_killing_the_generating_worker_leaves_its_reply_interrupted_by_the_other(
+    workers: list[ServerProcess],
+) -> None:
+    a, _b = workers
+    on_a = Api(a.url).register()
+    session = on_a.new_session(title="끊긴 답", max_tokens=1500, temperature=0.9)
+    posted = post(on_a, session["id"], LONG_PROMPT)
+    reply_id = posted["reply"]["id"]
+    received = read_until_end(on_a, session["id"], reply_id, posted["last_event_id"],
+                              stop_after_tokens=5)
+    text_received = "".join(e["data"]["text"] for e in received if e["event"] == "token")
+    (claim,) = claims(on_a, session["id"], reply_id)
+    generating = worker_of(claim, workers)
+    survivor = next(w for w in workers if w is not generating)
+    on_survivor = on(survivor, on_a)
+    visible(lambda: on_survivor.get(f"/api/sessions/{session['id']}/").status_code == 200)
+
+    generating.kill()
+
+    rest = read_until_end(on_survivor, session["id"], reply_id, received[-1]["id"])
+    assert rest[-1]["event"] == "error" and rest[-1]["data"]["code"] == "interrupted"
+    reply = on_survivor.wait_reply(session["id"], reply_id)
+    assert reply["status"] == "interrupted"
+    resumed = text_received + "".join(e["data"]["text"] for e in rest if e["event"] == "token")
+    assert reply["content"] == resumed and reply["content"].startswith(text_received)
+    # The survivor goes on answering.
+    again = post(on_survivor, session["id"], "다시 해 볼까요?")
+    assert on_survivor.wait_reply(session["id"], again["reply"]["id"])["status"] in (
+        "complete",)
