@@ -256,13 +256,17 @@ class ProjectionRunner:
     def positions(self) -> dict[str, int]:
         """Committed positions; never waits for a running catch-up or rebuild."""
         with self._reader_lock:
-            if self._pg is not None and (self._reader.raw.closed or self._reader.raw.broken):
-                with contextlib.suppress(Exception):
-                    self._reader.close()
-                self._reader = self._pg.connect()
-            rows = self._reader.execute(
+            rows = self._live_reader().execute(
                 "SELECT name, position FROM projection_positions").fetchall()
         return {name: position for name, position in rows if name in self._projections}
+
+    def _live_reader(self) -> Any:
+        """The reader connection, a new one if PostgreSQL dropped it (hold _reader_lock)."""
+        if self._pg is not None and (self._reader.raw.closed or self._reader.raw.broken):
+            with contextlib.suppress(Exception):
+                self._reader.close()
+            self._reader = self._pg.connect()
+        return self._reader
 
     def add_listener(self, listener: Callable[[int], None]) -> None:
         """`listener(position)` runs after each commit with the lowest applied position."""
@@ -322,7 +326,7 @@ class ProjectionRunner:
             raise KeyError(name)
         if not self._lead():
             with self._reader_lock:
-                notify(self._reader, REBUILD_CHANNEL, name)  # autocommit: sent at once
+                notify(self._live_reader(), REBUILD_CHANNEL, name)  # autocommit: sent now
             return
         with self._rebuilds_lock:
             self._rebuilds.add(name)

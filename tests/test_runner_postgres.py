@@ -404,3 +404,89 @@ def test_sqlite_read_models_still_take_a_path(chat: ChatApplication, tmp_path: P
         live.stop()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 4
+
+
+class Numbered(Projection):
+    """Rows PostgreSQL numbers itself (an identity column) and a computed column: a rebuild
+    copies the numbers as they are and leaves the computed column to PostgreSQL."""
+
+    name = "numbered"
+    tables = ("numbered",)
+    schema = ("CREATE TABLE IF NOT EXISTS numbered ("
+              " n BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title TEXT NOT NULL,"
+              " shout TEXT GENERATED ALWAYS AS (upper(title)) STORED);")
+
+    def on_ChatSession_Started(self, db: Any, e: Any, position: int) -> None:
+        db.execute("INSERT INTO numbered (title) VALUES (?)", (e.title,))
+
+
+def test_a_rebuild_copies_identity_columns_and_recomputes_generated_ones(
+    chat: ChatApplication, url: str
+) -> None:
+    user = chat.register_user("번호", "numbers@example.com", "hash")
+    for title in ("하나", "two"):
+        chat.start_session(user.id, title, CONFIG)
+    live = runner(chat, url, Numbered())
+    try:
+        live.catch_up()
+        before = query(url, "SELECT * FROM read_models.numbered ORDER BY n")
+        assert before == [(1, "하나", "하나"), (2, "two", "TWO")]
+        live.request_rebuild("numbered")
+        live.catch_up()
+        assert query(url, "SELECT * FROM read_models.numbered ORDER BY n") == before
+        chat.start_session(user.id, "three", CONFIG)  # numbered after the copied rows
+        live.catch_up()
+    finally:
+        live.stop()
+    assert query(url, "SELECT n, shout FROM read_models.numbered ORDER BY n")[-1] == (3, "THREE")
+
+
+class WhereApplied(Projection):
+    """Records the schema each session start was applied in (a rebuild's copy or the live
+    one): after a swap, the live table holds the copy's rows."""
+
+    name = "where_applied"
+    tables = ("where_applied",)
+    schema = "CREATE TABLE IF NOT EXISTS where_applied (position BIGINT, applied_in TEXT);"
+
+    def on_ChatSession_Started(self, db: Any, e: Any, position: int) -> None:
+        db.execute("INSERT INTO where_applied VALUES (?, current_schema())", (position,))
+
+
+def wait_until_applied(url: str, done: Any) -> bool:
+    """Check `done()` after each NOTIFY of the runners' commits (and every 0.2 s)."""
+    deadline = time.monotonic() + SETTLE
+    with psycopg.connect(url, autocommit=True) as listen:
+        listen.execute("LISTEN read_models_applied")
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            for _note in listen.notifies(timeout=0.2, stop_after=1):
+                pass
+    return True
+
+
+def test_a_follower_asks_the_leader_for_a_rebuild(chat: ChatApplication, url: str) -> None:
+    populate(chat)
+    leader = runner(chat, url, WhereApplied())
+    follower = runner(chat, url, WhereApplied())
+    try:
+        leader.catch_up()
+        follower.catch_up()
+        assert {s for (s,) in query(url, "SELECT applied_in FROM read_models.where_applied")
+                } == {"read_models"}
+        leader.start()
+        follower.start()
+        follower.request_rebuild("where_applied")
+        assert follower.rebuild_progress == {}  # it does not rebuild itself...
+
+        def rebuilt() -> bool:
+            found = {s for (s,) in query(url, "SELECT applied_in FROM"
+                                              " read_models.where_applied")}
+            return len(found) == 1 and found.pop().startswith("read_models_rebuild_")
+
+        assert wait_until_applied(url, rebuilt)  # ...the leader does
+        assert follower.positions() == {name: chat.head() for name in follower.names}
+    finally:
+        leader.stop()
+        follower.stop()
