@@ -6,8 +6,8 @@ without importing the web app or the model runtime.
 Two stores: the SQLite file `DATA_DIR/events.sqlite` (the default) or, with
 `EVENT_STORE=postgresql://...`, the library's PostgreSQL module (psycopg 3). Readers of the
 committed log (streams, the admin event list, metrics) use one interface, `EventLogReader`,
-with a store-specific implementation behind it. Tools that work on the SQLite file itself
-(backup, restore, verify, the audit exports) refuse a PostgreSQL store with `SQLiteOnly`.
+with a store-specific implementation behind it. The read models live beside the log:
+`read_models_for` gives the SQLite file or the PostgreSQL schema `read_models`.
 """
 
 from __future__ import annotations
@@ -26,15 +26,6 @@ SCHEMES = ("postgresql", "postgres")
 CONNECT_TIMEOUT = 5  # seconds to wait for a PostgreSQL connection
 
 
-class SQLiteOnly(Exception):
-    """A tool that reads or writes the SQLite file itself was asked to run on PostgreSQL."""
-
-    def __init__(self, what: str, instead: str) -> None:
-        super().__init__(f"{what}: {instead} for a PostgreSQL store")
-        self.what = what
-        self.instead = instead
-
-
 def postgres_url(settings: Settings) -> str | None:
     """The PostgreSQL URL the settings name, or None for the SQLite file."""
     url = settings.event_store.strip()
@@ -48,12 +39,6 @@ def postgres_url(settings: Settings) -> str | None:
 
 def is_postgres(settings: Settings) -> bool:
     return postgres_url(settings) is not None
-
-
-def require_sqlite(settings: Settings, what: str, instead: str) -> None:
-    """Refuse a SQLite-only tool on a PostgreSQL store, saying what to use instead."""
-    if is_postgres(settings):
-        raise SQLiteOnly(what, instead)
 
 
 def event_store_env(settings: Settings) -> dict[str, str]:

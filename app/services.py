@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
-import aiosqlite
 import anyio
 
 from app.config import Settings
 from app.conversations import ConversationReader
-from app.event_store import EventLogReader, event_store_env, open_event_log
+from app.event_store import EventLogReader, event_store_env, open_event_log, read_models_for
 from app.inference.actor import InferenceActor, Tuning
 from app.inference.batched_engine import BatchedEngine
 from app.inference.engine import Engine
@@ -40,7 +39,7 @@ from app.watch import ChangeWatch, PositionWatch, StreamCounter
 from domain.application import ChatApplication
 from domain.errors import DomainError
 from projections import messages as messages_read
-from projections.read_connection import connect_read
+from projections.database import ReadDB, ReadModels
 from projections.runner import ProjectionRunner
 from projections.vectors import VectorFollower, VectorIndex
 
@@ -56,7 +55,8 @@ class Services:
     settings: Settings
     chat: ChatApplication
     projections: ProjectionRunner
-    read_db: aiosqlite.Connection
+    read_models: ReadModels
+    read_db: ReadDB
     event_log: EventLogReader
     head: PositionWatch
     applied: PositionWatch
@@ -123,7 +123,8 @@ async def start_services(settings: Settings) -> Services:
     private_data_dir(settings.data_dir)
     loop = asyncio.get_running_loop()
     chat = ChatApplication(env=event_store_env(settings))
-    runner = ProjectionRunner(chat, settings.read_model_path)
+    read_models = read_models_for(settings)
+    runner = ProjectionRunner(chat, read_models)
     head = PositionWatch(loop, chat.head())
     applied = PositionWatch(loop)
     chat.add_head_listener(head.advance_threadsafe)
@@ -134,9 +135,9 @@ async def start_services(settings: Settings) -> Services:
     await anyio.to_thread.run_sync(runner.catch_up)
     runner.start()
 
-    read_db = await connect_read(settings.read_model_path)
+    read_db = await read_models.connect_read()
     event_log = await open_event_log(settings, chat)
-    conversations = ConversationReader(chat, runner, settings.read_model_path, settings.n_ctx)
+    conversations = ConversationReader(chat, runner, read_models, settings.n_ctx)
     actor = InferenceActor(chat, conversations, Tuning(
         max_queue=settings.max_queue, timeout=settings.generation_timeout,
         flush_interval=settings.token_flush_interval, flush_count=settings.token_flush_count,
@@ -144,7 +145,8 @@ async def start_services(settings: Settings) -> Services:
         max_queued_per_user=settings.max_queued_per_user,
     ))
     services = Services(
-        settings=settings, chat=chat, projections=runner, read_db=read_db,
+        settings=settings, chat=chat, projections=runner, read_models=read_models,
+        read_db=read_db,
         event_log=event_log, head=head, applied=applied, actor=actor,
         conversations=conversations,
         login_limiter=LoginLimiter(settings.login_max_failures, settings.login_window_seconds),

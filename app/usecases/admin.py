@@ -36,7 +36,6 @@ from projections import hashchain
 from projections import messages as messages_read
 from projections import sessions as sessions_read
 from projections import users as users_read
-from projections.database import ReadModels, SQLiteReadModels
 
 T = TypeVar("T")
 
@@ -53,16 +52,9 @@ EVENT_PAGE = 1000  # events read from the log per query while folding a session
 # -- reading the log by index (app/audit/browse.py, in a worker thread) ---------------------
 
 
-def read_models_of(services: Services) -> ReadModels:
-    """The server's read models (the event index the browser filters by)."""
-    found: ReadModels | None = getattr(services, "read_models", None)
-    # Until the composition root holds them, the server's are the SQLite file.
-    return found if found is not None else SQLiteReadModels(services.settings.read_model_path)
-
-
 async def _browse(services: Services, work: Callable[[EventBrowser], T]) -> T:
     settings = services.settings
-    read_models = read_models_of(services)
+    read_models = services.read_models
 
     def run() -> T:
         from app.audit.browse_pg import open_browser  # psycopg only for PostgreSQL
