@@ -20,10 +20,17 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pytest
+from eventsourcing.persistence import IntegrityError
 
+from app.config import Settings
+from app.event_store import event_store_env
+from domain.application import ChatApplication
+from domain.errors import AlreadyClaimed
+from domain.sessions import ChatSession
 from tests.postgres import PostgresCluster
 from tests.server import Api, ServerProcess, sse_events
 from tests.test_streaming import LONG_PROMPT, post, read_until_end
@@ -100,6 +107,45 @@ def worker_of(claim: dict[str, Any], pair: list[ServerProcess]) -> ServerProcess
     found = [w for w in pair if w.proc is not None and w.proc.pid == pid]
     assert len(found) == 1, (claim, [w.proc.pid for w in pair if w.proc])
     return found[0]
+
+
+def test_two_workers_racing_for_one_reply_record_one_claim(postgres: PostgresCluster) -> None:
+    """The store's own version check, without servers: two applications (two workers) on
+    one database load the chat at the same version; one claim is kept."""
+    env = event_store_env(Settings(event_store=postgres.create_database()))
+    first, second = ChatApplication(env=env), ChatApplication(env=env)
+    try:
+        owner = uuid4()
+        session_id, _ = first.start_session(owner, "경주", {})
+        _message, reply_id, _ = first.post_message(session_id, owner, "누가 먼저?", 1)
+        mine, theirs = first.get_session(session_id), second.get_session(session_id)
+        mine.claim_reply(reply_id, 1, "first")
+        theirs.claim_reply(reply_id, 2, "second")
+        first.save(mine)
+        with pytest.raises(IntegrityError):
+            second.save(theirs)
+
+        # Through the command, the loser of the race reloads and the domain refuses it.
+        another = first.post_message(session_id, owner, "한 번 더", 1)[1]
+        raced: list[int] = []
+
+        def claim_while_the_other_claims(session: ChatSession) -> None:
+            if not raced:  # between this load and this save, the other worker claims
+                raced.append(first.change_reply(
+                    session_id, lambda s: s.claim_reply(another, 1, "first")))
+            session.claim_reply(another, 2, "second")
+
+        with pytest.raises(AlreadyClaimed):
+            second.change_reply(session_id, claim_while_the_other_claims)
+        assert raced
+        assert second.get_session(session_id).claimed_by(another) == 1
+        assert second.get_session(session_id).claimed_by(reply_id) == 1
+        claims_recorded = [e for e in second.events.get(session_id)
+                           if type(e).__name__ == "ReplyClaimed"]
+        assert len(claims_recorded) == 2
+    finally:
+        first.close()
+        second.close()
 
 
 def test_a_reply_posted_to_one_worker_streams_to_a_client_of_the_other(
@@ -213,3 +259,31 @@ def test_killing_the_generating_worker_leaves_its_reply_interrupted_by_the_other
     again = post(on_survivor, session["id"], "다시 해 볼까요?")
     assert on_survivor.wait_reply(session["id"], again["reply"]["id"])["status"] in (
         "complete",)
+
+
+def test_cancelling_on_one_worker_stops_the_reply_the_other_generates(
+    workers: list[ServerProcess],
+) -> None:
+    a, _b = workers
+    on_a = Api(a.url).register()
+    session = on_a.new_session(max_tokens=1500, temperature=0.9)
+    posted = post(on_a, session["id"], LONG_PROMPT)
+    reply_id = posted["reply"]["id"]
+    received = read_until_end(on_a, session["id"], reply_id, posted["last_event_id"],
+                              stop_after_tokens=3)
+    (claim,) = claims(on_a, session["id"], reply_id)
+    elsewhere = next(w for w in workers if w is not worker_of(claim, workers))
+    on_elsewhere = on(elsewhere, on_a)
+    visible(lambda: on_elsewhere.get(f"/api/sessions/{session['id']}/").status_code == 200)
+
+    response = on_elsewhere.post(f"/api/sessions/{session['id']}/cancel/")
+
+    assert response.status_code == 202, response.text
+    rest = read_until_end(on_elsewhere, session["id"], reply_id, received[-1]["id"])
+    assert rest[-1]["event"] == "cancelled"
+    reply = on_elsewhere.wait_reply(session["id"], reply_id)
+    assert reply["status"] == "cancelled"
+    # The generating worker stopped: nothing of the reply's was recorded after the cancel.
+    cancelled_at = int(rest[-1]["id"])
+    later = on_a.events(originator_id=session["id"], after=cancelled_at)
+    assert [e for e in later if e["data"].get("reply_id") == reply_id] == []
