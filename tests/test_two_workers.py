@@ -25,6 +25,7 @@ from uuid import uuid4
 import httpx
 import pytest
 from eventsourcing.persistence import IntegrityError
+from playwright.sync_api import Browser, expect
 
 from app.config import Settings
 from app.event_store import event_store_env
@@ -33,6 +34,7 @@ from domain.errors import AlreadyClaimed
 from domain.sessions import ChatSession
 from tests.postgres import PostgresCluster
 from tests.server import Api, ServerProcess, sse_events
+from tests.test_browser import assert_same_as_fresh_load, letters
 from tests.test_streaming import LONG_PROMPT, post, read_until_end
 
 ENDINGS = ("done", "error", "cancelled")
@@ -182,6 +184,37 @@ def test_a_reply_posted_to_one_worker_streams_to_a_client_of_the_other(
     after = [e for e in events if int(e["id"]) > int(middle["id"])]
     assert [(e["id"], e["event"], e["data"]) for e in rest] == \
         [(e["id"], e["event"], e["data"]) for e in after]
+
+
+def test_a_browser_on_one_worker_shows_a_message_posted_to_the_other(
+    workers: list[ServerProcess], browser: Browser,
+) -> None:
+    a, b = workers
+    on_a = Api(a.url).register()
+    session = on_a.new_session(title="브라우저", max_tokens=40, temperature=0)
+    on_b = on(b, on_a)
+    visible(lambda: on_b.get(f"/api/sessions/{session['id']}/").status_code == 200)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        assert on_a.token
+        context.add_cookies([{"name": "session", "value": on_a.token, "url": b.url}])
+        page = context.new_page()
+        page.goto(f"{b.url}/chats/{session['id']}")
+        expect(page.locator("#chat-title")).to_contain_text("브라우저")
+
+        text = "안녕하세요! 한 문장으로 인사해 주세요."
+        posted = post(on_a, session["id"], text)
+
+        expect(page.locator("article.message--user .message__body")).to_have_text(text)
+        reply = page.locator("article.message--assistant").last
+        expect(reply).to_have_attribute("data-status", "complete", timeout=60_000)
+        stored = on_a.wait_reply(session["id"], posted["reply"]["id"])
+        assert stored["content"] and reply.get_attribute("id") == f"msg-{stored['id']}"
+        assert letters(reply.locator(".message__body").inner_text())
+        # What the live stream left on the page is what a fresh load of worker B shows.
+        assert_same_as_fresh_load(page, f"msg-{stored['id']}")
+    finally:
+        context.close()
 
 
 def test_a_stream_resumed_on_the_other_worker_continues_where_it_stopped(
