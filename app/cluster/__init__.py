@@ -11,6 +11,16 @@ them: SECRET_KEY (it signs the CSRF tokens; left empty, each worker would genera
 own `DATA_DIR/secret_key` and reject the forms of pages another worker served), and the
 model settings. Per worker, in memory: the sign-in and sign-up throttles and the per-user
 stream cap (each worker counts its own).
+
+Wiring (app/services.py): a field `cluster: Cluster | None = None` on Services; in
+start_services, instead of `await interrupt_open_replies(services)`:
+    if is_postgres(settings):
+        services.cluster = await start_cluster(services)
+    else:
+        await interrupt_open_replies(services)
+and in stop_services, once the actor task has ended:
+    if services.cluster is not None:
+        await anyio.to_thread.run_sync(services.cluster.stop)
 """
 
 from __future__ import annotations
