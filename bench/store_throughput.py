@@ -418,9 +418,9 @@ def main() -> int:
     args = parser.parse_args()
     started = time.monotonic()
     results = asyncio.run(run(args.dir, args.threads, args.chats, args.turns, args.batches))
-    per_chat = 1 + args.turns * (args.batches + 4) + 1
+    per_chat = 1 + args.turns * (args.batches + 4)
     print(f"workload: {args.chats} chats x {args.turns} replies x {args.batches} token "
-          f"events (~{per_chat} events a chat); load average "
+          f"events ({per_chat} events a chat); load average "
           f"{Path('/proc/loadavg').read_text().split()[0]}; "
           f"{time.monotonic() - started:.0f} s")
     show(results)
