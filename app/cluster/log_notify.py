@@ -103,10 +103,12 @@ class LogNotifier:
                                                                 stop_after=1))
                         if heard:
                             self._read_new(conn)
-            except psycopg.Error as error:
+            except psycopg.Error as error:  # the database away or restarted
                 log.warning("listening to the log failed (%s); again in %.1f s", error, pause)
-                self._stopping.wait(pause)
-                pause = min(pause * 2, RECONNECT_MAX)
+            except Exception:
+                log.exception("following the log failed; again in %.1f s", pause)
+            self._stopping.wait(pause)
+            pause = min(pause * 2, RECONNECT_MAX)
 
     def _read_new(self, conn: psycopg.Connection[Any]) -> None:
         """Every row past the last one read, announced in batches."""

@@ -9,7 +9,9 @@ drops the reply. So a reply is generated once, by whichever actor had room first
 
 A worker that dies leaves its claimed replies open. The others keep the claims they heard
 of and check every `SWEEP_SECONDS` whether their workers' locks can be taken
-(worker_lock.py): a dead worker's replies are marked `interrupted`, keeping their text.
+(worker_lock.py): a worker whose lock is free at two sweeps in a row is dead (one free
+lock may be a worker reconnecting after a database restart, about to take it again), and
+its replies are marked `interrupted`, keeping their text.
 At start, the open replies are sorted the same way; unclaimed queued ones are queued here
 too while other workers live, and interrupted when none does (the whole cluster stopped
 with them: a restart interrupts them, as the one-process server does).
@@ -23,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterable
 from uuid import UUID
 
+import psycopg
 from eventsourcing.utils import get_topic
 
 from app.cluster.log_notify import Event
@@ -55,6 +58,7 @@ class ReplyClaims:
         self._mutex = threading.Lock()
         # Open replies other workers claimed: reply id -> (session id, worker key).
         self._claims: dict[UUID, tuple[UUID, int]] = {}
+        self._suspects: set[int] = set()  # workers whose lock was free at the last sweep
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -91,8 +95,10 @@ class ReplyClaims:
             if kind == "ReplyQueued":
                 self._offer(event.originator_id, reply_id, position)
             elif kind == "ReplyClaimed":
-                with self._mutex:
-                    self._claims[reply_id] = (event.originator_id, getattr(e, "worker_id"))  # noqa: B009
+                worker: int = getattr(e, "worker_id")  # noqa: B009
+                if worker != self._lock.key:  # a claim of ours, heard before its listener ran
+                    with self._mutex:
+                        self._claims[reply_id] = (event.originator_id, worker)
             else:  # an ending
                 with self._mutex:
                     self._claims.pop(reply_id, None)
@@ -137,15 +143,19 @@ class ReplyClaims:
                                         str(session.owner_id))
 
     def sweep(self) -> int:
-        """Interrupt the replies claimed by workers that died; returns how many. Also to
-        call when this worker takes over a dead worker's duties."""
+        """Interrupt the replies claimed by workers found dead at this sweep and the one
+        before; returns how many (the sweeper thread's)."""
         with self._mutex:
             by_worker: dict[int, list[tuple[UUID, UUID]]] = {}
             for reply_id, (session_id, worker) in self._claims.items():
                 by_worker.setdefault(worker, []).append((session_id, reply_id))
         ended = 0
+        suspects, self._suspects = self._suspects, set()
         for worker, replies in by_worker.items():
             if not self._lock.is_dead(worker):
+                continue
+            if worker not in suspects:
+                self._suspects.add(worker)  # dead if still so at the next sweep
                 continue
             for session_id, reply_id in replies:
                 ended += self._interrupt(session_id, reply_id, worker)
@@ -179,7 +189,9 @@ class ReplyClaims:
             try:
                 self._lock.check()
                 self.sweep()
-            except Exception:  # the database away: try again at the next sweep
+            except psycopg.Error as error:  # the database away: again at the next sweep
+                log.warning("sweeping dead workers' replies failed: %s", error)
+            except Exception:
                 log.exception("sweeping dead workers' replies failed")
 
     # -- cancelling (a request on this worker) -------------------------------------------------
@@ -194,4 +206,8 @@ class ReplyClaims:
             return []
         mine = self._lock.key
         others = [rid for rid in session.open_replies() if session.claimed_by(rid) != mine]
-        return self._chat.cancel_replies([(session_id, rid) for rid in others])
+        cancelled = self._chat.cancel_replies([(session_id, rid) for rid in others])
+        with self._mutex:
+            for reply_id in cancelled:
+                self._claims.pop(reply_id, None)
+        return cancelled
