@@ -5,11 +5,10 @@ to a client of the other, is generated once (one claim, one set of tokens), resu
 `Last-Event-ID` on either worker, and a worker killed while generating leaves its reply to
 the other, which marks it interrupted, keeping its text.
 
-Until the read models live in PostgreSQL (and the projections run once across the
-cluster), each worker projects the whole log into its own SQLite read models, woken by the
-other's commits through LISTEN/NOTIFY: a request to the second worker right after a write
-to the first may find its read models a moment behind, so the tests wait for what they
-need to be visible there (`visible`), never for a fixed time.
+The read models are PostgreSQL tables both workers read, written by the projection leader
+(projections/leader.py); `visible` waits (never for a fixed time) until the second worker
+shows a write made through the first, which also holds were each worker to project the
+log into read models of its own.
 """
 
 from __future__ import annotations
