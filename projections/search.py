@@ -55,7 +55,8 @@ class SearchProjection(Projection):
     CREATE VIRTUAL TABLE IF NOT EXISTS search_text USING fts5(content, tokenize='trigram');
     """
     # `folded`: what FTS5 indexes (the text up to its first NUL) folded as FTS5 folds it;
-    # `chars`: that part's length. The trigram index serves LIKE on `folded`.
+    # `chars`: that part's length (first: a sum over it need not step over the texts).
+    # The trigram index serves LIKE on `folded`.
     postgres_schema = """
     CREATE TABLE IF NOT EXISTS search_sessions (
         id TEXT PRIMARY KEY,
@@ -74,9 +75,9 @@ class SearchProjection(Projection):
         ON search_messages (session_id, position);
     CREATE TABLE IF NOT EXISTS search_text (
         position BIGINT PRIMARY KEY,
+        chars BIGINT NOT NULL,
         content TEXT NOT NULL,
-        folded TEXT NOT NULL,
-        chars BIGINT NOT NULL
+        folded TEXT NOT NULL
     );
     CREATE INDEX IF NOT EXISTS search_text_trigrams ON search_text
         USING gin (folded gin_trgm_ops);
@@ -224,48 +225,53 @@ async def keyword_search(
         return [_found(row) for row in await cursor.fetchall()]
 
 
-# SQLite's LIKE over what FTS5 indexes: the text up to its first NUL, ASCII letters folded.
-_SHORT_LIKE = (f" AND translate(left(t.content, CAST(t.chars AS INTEGER)),"
-               f" '{trigram.ASCII_UPPER}', '{trigram.ASCII_LOWER}') LIKE ? ESCAPE '\\'")
-
-
 async def _keyword_search_postgres(
     db: aiosqlite.Connection | ReadDB, owner_id: str, long_words: list[str],
     short_words: list[str], limit: int,
 ) -> list[Found]:
     """`keyword_search` on PostgreSQL: the same rows in the same order (projections/trigram.py).
 
-    Long words are matched on `folded` through the trigram index; the owner's matches are
-    then ranked here by FTS5's bm25, which needs the whole table's counts."""
-    shorts = [_like(trigram.ascii_fold(w)) for w in short_words]
-    short_likes = _SHORT_LIKE * len(short_words)
-    if not long_words:
-        sql = (
-            f"SELECT {FOUND} FROM search_sessions s"
-            " JOIN search_messages m ON m.session_id = s.id"
-            " JOIN search_text t ON t.position = m.position"
-            f" WHERE s.owner_id = ? AND s.deleted = 0{short_likes}"
-            " ORDER BY m.position DESC LIMIT ?"
-        )
-        async with db.execute(sql, [owner_id, *shorts, limit]) as cursor:
-            return [_found(row) for row in await cursor.fetchall()]
+    Every word is matched on `folded` (long ones through the trigram index); the few short
+    words for which FTS5's folding finds more than SQLite's LIKE are checked again here. The
+    owner's matches are then ranked here by FTS5's bm25, which needs the whole table's
+    counts."""
     folded = [trigram.fold(w) for w in long_words]
-    long_likes = " AND t.folded LIKE ? ESCAPE '\\'" * len(folded)
+    likes = [_like(trigram.fold(w)) for w in [*long_words, *short_words]]
+    conditions = " AND t.folded LIKE ? ESCAPE '\\'" * len(likes)
+    recheck = [trigram.ascii_fold(w) for w in short_words if not trigram.like_is_fold(w)]
+    if not long_words:
+        # As SQLite's CROSS JOIN: the owner's messages newest first, then each one's text
+        # (OFFSET 0 keeps the planner from scanning every text newest first instead).
+        sql = (
+            f"SELECT {FOUND}, t.chars FROM search_sessions s"
+            " JOIN search_messages m ON m.session_id = s.id"
+            " CROSS JOIN LATERAL (SELECT t.content, t.chars FROM search_text t"
+            f" WHERE t.position = m.position{conditions} OFFSET 0) t"
+            " WHERE s.owner_id = ? AND s.deleted = 0 ORDER BY m.position DESC"
+        )
+        params: list[Any] = [*likes, owner_id]
+        if not recheck:
+            sql += " LIMIT ?"
+            params.append(limit)
+        async with db.execute(sql, params) as cursor:
+            rows = await cursor.fetchall()
+        return [_found(row) for row in rows if _contains(row[4], row[5], recheck)][:limit]
     sql = (
         f"SELECT {FOUND}, m.position, t.chars FROM search_text t"
         " JOIN search_messages m ON m.position = t.position"
         " JOIN search_sessions s ON s.id = m.session_id"
-        f" WHERE s.owner_id = ? AND s.deleted = 0{long_likes}{short_likes}"
+        f" WHERE s.owner_id = ? AND s.deleted = 0{conditions}"
     )
-    async with db.execute(sql, [owner_id, *map(_like, folded), *shorts]) as cursor:
-        rows = await cursor.fetchall()
+    async with db.execute(sql, [owner_id, *likes]) as cursor:
+        rows = [row for row in await cursor.fetchall() if _contains(row[4], row[6], recheck)]
     if not rows:
         return []
     distinct = list(dict.fromkeys(folded))
     hits_sql = "".join(", (SELECT COUNT(*) FROM search_text WHERE folded LIKE ? ESCAPE '\\')"
                        for _ in distinct)
     async with db.execute(
-        f"SELECT COUNT(*), COALESCE(SUM(GREATEST(chars - 2, 0)), 0){hits_sql}"
+        # A sum of INTEGER adds in BIGINT; one of BIGINT would add in NUMERIC, 5x slower.
+        f"SELECT COUNT(*), COALESCE(SUM(CAST(GREATEST(chars - 2, 0) AS INTEGER)), 0){hits_sql}"
         " FROM search_text", list(map(_like, distinct)),
     ) as cursor:
         stats: Any = await cursor.fetchone()  # an aggregate: always one row
@@ -281,6 +287,14 @@ async def _keyword_search_postgres(
         return score, -position
 
     return [_found(row) for row in sorted(rows, key=rank)[:limit]]
+
+
+def _contains(content: str, chars: int, words: list[str]) -> bool:
+    """Whether SQLite's LIKE finds each of `words` (ASCII-folded) in the indexed text."""
+    if not words:
+        return True
+    text = trigram.ascii_fold(content[:chars])
+    return all(word in text for word in words)
 
 
 async def visible_messages(

@@ -9,7 +9,8 @@ the same order, PostgreSQL's side matches and ranks exactly as FTS5 does:
   Python's `lower()` nor PostgreSQL's (that one depends on the server's locale).
 - A word of three characters or more matches where its folding occurs in the folded text;
   SQLite's LIKE, used for shorter words, ignores the case of ASCII letters only
-  (`ascii_fold`).
+  (`ascii_fold`): the folded text finds all it finds, and exactly that for most words
+  (`like_is_fold`).
 - The rank is FTS5's `bm25()` with its constants and arithmetic (`bm25`), which needs the
   table's row count, its total of tokens, and how many rows hold each word.
 """
@@ -27,9 +28,8 @@ _CASED_BELOW = 0x1F000
 # SQLite reads U+FFFE and U+FFFF as U+FFFD (its UTF-8 decoder's rule for non-characters).
 _NONCHARACTERS = {0xFFFE: 0xFFFD, 0xFFFF: 0xFFFD}
 
-ASCII_UPPER = string.ascii_uppercase + "\ufffe\uffff"
-ASCII_LOWER = string.ascii_lowercase + "\ufffd\ufffd"
-_ASCII_TABLE = str.maketrans(ASCII_UPPER, ASCII_LOWER)
+_ASCII_UPPER = string.ascii_uppercase + "\ufffe\uffff"
+_ASCII_TABLE = str.maketrans(_ASCII_UPPER, string.ascii_lowercase + "\ufffd\ufffd")
 
 K1, B = 1.2, 0.75  # fts5_aux.c's bm25 constants
 
@@ -55,6 +55,21 @@ def _fold_table() -> dict[int, int]:
     finally:
         db.close()
     return {c: f for c, f in table.items() if c != f}
+
+
+@cache
+def _beyond_ascii() -> frozenset[str]:
+    """The characters FTS5's folding moves beyond SQLite's LIKE (ASCII case), and those it
+    moves them to."""
+    moved = {c: f for c, f in _fold_table().items() if chr(c) not in _ASCII_UPPER}
+    return frozenset(map(chr, moved)) | frozenset(map(chr, moved.values()))
+
+
+def like_is_fold(word: str) -> bool:
+    """Whether finding `fold(word)` in a folded text is exactly SQLite's LIKE finding `word`
+    in the text: true unless the word has a character of `_beyond_ascii` (then "é" would
+    find "É", and "k" the Kelvin sign, which LIKE does not)."""
+    return _beyond_ascii().isdisjoint(ascii_fold(word))
 
 
 def indexed(text: str) -> str:

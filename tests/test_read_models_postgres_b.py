@@ -55,7 +55,8 @@ QUERIES = [
     "날씨가", "WEATHER", "weather", "Weather report", "éco", "ÉCOLE", "σίσυφος", "ΣΊΣΥΦΟΣ",
     "aaa", "aaaa", "hidden", "뒤쪽", "앞부분", "완료_중", "50%", "back\\slash", "😀😀😀",
     "😀 날씨가", "날씨가 좋아요", "날 씨가", "a aaa", "없는단어", '"quoted"', "µμ",
-    "날씨가 맑고 따뜻합니다.", "씨가 a", "API", "가져온", "été", "ÉTÉ",
+    "날씨가 맑고 따뜻합니다.", "씨가 a", "API", "가져온", "été", "ÉTÉ", "k", "K", "300k", "s",
+    "ſ", "é 날씨가",
 ]
 
 
@@ -101,7 +102,7 @@ def populate_b(chat: ChatApplication) -> dict[str, Any]:
 
     second, _ = chat.start_session(minsu.id, "둘째", CONFIG)
     for text in ("날씨가", "날씨가 날씨가 날씨가", "날씨가 날씨가", "날씨가", "a날씨가b",
-                 "ÉTÉ 여름",
+                 "ÉTÉ 여름", "온도 300\u212a (켈빈) \u017f",
                  '"quoted" 날씨가 긴 문장입니다 아주 길게 늘여 쓴 문장 하나'):
         _, reply, _ = chat.post_message(second, minsu.id, text, 1)
         finish(chat, second, reply, ["네"])
@@ -285,6 +286,10 @@ def test_postgres_read_models_answer_as_sqlite_does(
     assert "ÉTÉ 여름" in contents("É") and "ÉTÉ 여름" not in contents("é")  # LIKE: ASCII only
     assert contents("É!") == [] and contents("ÉC") == contents("éco")
     assert contents("ab") == contents("Ab") != []  # ...but ASCII case, ignored
+    kelvin = "온도 300\u212a (켈빈) \u017f"  # FTS5 folds the Kelvin sign to k, LIKE does not
+    assert contents("300k") == [kelvin] and kelvin not in contents("k") + contents("s")
+    assert contents("k") == contents("K") != [] and contents("ſ") == [kelvin]
+    assert contents("é 날씨가") == []  # no text has both
     assert contents("%") == contents("50%") == ["부분 답변 50% 완료_중 back\\slash"]
     assert contents("_") == contents("완료_중") == contents("back\\slash") == contents("%")
     assert contents("aaaa") == ["aaaaaa aaa 중단됨 😀😀😀"]
