@@ -154,6 +154,8 @@ class ProjectionRunner:
         self._reader_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
+        # Ends a failure's back-off early: stopping, or PostgreSQL answering again.
+        self._retry_now = threading.Event()
         self._rebuilds: set[str] = set()
         # name -> position a running rebuild has reached (read by the admin pages).
         self.rebuild_progress: dict[str, int] = {}
@@ -296,6 +298,7 @@ class ProjectionRunner:
             return
         self._stopping.set()
         self._wakeup.set()
+        self._retry_now.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._listener is not None:
@@ -345,6 +348,8 @@ class ProjectionRunner:
                 return
         elif channel and not leading:  # the event store's: for the leader
             return
+        elif not channel:  # listening again after PostgreSQL was away: retry at once
+            self._retry_now.set()
         self._wakeup.set()
 
     @property
@@ -356,10 +361,11 @@ class ProjectionRunner:
         while not self._stopping.is_set():
             if self.failures:  # back off: a broken file must not spin a core
                 pause = min(RETRY_FIRST_SECONDS * 2 ** (self.failures - 1), RETRY_MAX_SECONDS)
-                self._stopping.wait(pause)
+                self._retry_now.wait(pause)
             else:
                 self._wakeup.wait(POLL_SECONDS)
             self._wakeup.clear()
+            self._retry_now.clear()
             try:
                 self.catch_up()
                 if self.failures:
@@ -368,6 +374,9 @@ class ProjectionRunner:
             except Exception:  # keep following; the retry starts from the stored position
                 self.failures += 1
                 log.exception("projection update failed (%d in a row)", self.failures)
+                if self._pg is not None:  # PostgreSQL went away: the retry connects afresh
+                    with self._lock, contextlib.suppress(Exception):
+                        self._db.close()
                 with self._applied_changed:  # waiters stop waiting once it is failing
                     self._applied_changed.notify_all()
 

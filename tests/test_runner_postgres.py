@@ -490,3 +490,32 @@ def test_a_follower_asks_the_leader_for_a_rebuild(chat: ChatApplication, url: st
     finally:
         leader.stop()
         follower.stop()
+
+
+def test_the_runner_leads_again_after_postgresql_restarts() -> None:
+    """PostgreSQL itself goes away (its own cluster, stopped at once) and comes back: every
+    connection of the runner died, the lock with them; it reconnects, takes the lead
+    again and applies what was written since."""
+    cluster = PostgresCluster().start()
+    try:
+        url = cluster.create_database()
+        chat = ChatApplication(env=event_store_env(Settings(event_store=url)))
+        live = ProjectionRunner(chat, PostgresReadModels(url))
+        heard = Heard()
+        live.add_listener(heard)
+        try:
+            chat.register_user("전", "before@example.com", "hash")
+            live.catch_up()
+            live.start()
+            cluster.pause()
+            cluster.resume()
+            user = chat.register_user("후", "after@example.com", "hash")
+            chat.start_session(user.id, "재시작 뒤", CONFIG)
+            assert heard.wait_for(chat.head())
+            assert live.is_leader
+        finally:
+            live.stop()
+            chat.close()
+        assert query(url, "SELECT title FROM read_models.sessions") == [("재시작 뒤",)]
+    finally:
+        cluster.stop()
