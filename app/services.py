@@ -14,9 +14,16 @@ from uuid import UUID
 
 import anyio
 
+from app.cluster import Cluster, start_cluster
 from app.config import Settings
 from app.conversations import ConversationReader
-from app.event_store import EventLogReader, event_store_env, open_event_log, read_models_for
+from app.event_store import (
+    EventLogReader,
+    event_store_env,
+    is_postgres,
+    open_event_log,
+    read_models_for,
+)
 from app.inference.actor import InferenceActor, Tuning
 from app.inference.batched_engine import BatchedEngine
 from app.inference.engine import Engine
@@ -75,6 +82,8 @@ class Services:
     # Semantic search; None when the vector index could not be opened (keyword search stays).
     vectors: VectorIndex | None = None
     vector_follower: VectorFollower | None = None
+    # Several workers on one PostgreSQL store (app/cluster); None on SQLite (one process).
+    cluster: Cluster | None = None
 
     async def command(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a domain command in a worker thread (the event store is synchronous)."""
@@ -157,7 +166,10 @@ async def start_services(settings: Settings) -> Services:
         hashing=anyio.CapacityLimiter(settings.hash_concurrency),
         changes=changes, streams=StreamCounter(settings.max_streams_per_user),
     )
-    await interrupt_open_replies(services)
+    if is_postgres(settings):
+        services.cluster = await start_cluster(services)
+    else:
+        await interrupt_open_replies(services)
     await anyio.to_thread.run_sync(start_vectors, services)
     await load_model(services)
     services.actor_task = asyncio.create_task(actor.run(), name="inference-actor")
@@ -242,6 +254,8 @@ async def stop_services(services: Services) -> None:
         services.actor_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await services.actor_task
+    if services.cluster is not None:  # after the actor: its last records hold the lock
+        await anyio.to_thread.run_sync(services.cluster.stop)
     close = getattr(services.actor.engine, "close", None)
     if callable(close):  # the batching engine saves its chats' KV states for the next start
         await anyio.to_thread.run_sync(close)
