@@ -20,6 +20,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import aiosqlite
 
@@ -56,7 +57,9 @@ class SearchProjection(Projection):
     """
     # `folded`: what FTS5 indexes (the text up to its first NUL) folded as FTS5 folds it;
     # `chars`: that part's length (first: a sum over it need not step over the texts).
-    # The trigram index serves LIKE on `folded`.
+    # The trigram index serves LIKE on `folded`. A text repeats its message's columns, so
+    # that a search joins the matches to the owner's sessions only: joined to
+    # search_messages, the planner reads that whole table to hash it.
     postgres_schema = """
     CREATE TABLE IF NOT EXISTS search_sessions (
         id TEXT PRIMARY KEY,
@@ -65,6 +68,7 @@ class SearchProjection(Projection):
         deleted BIGINT NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS search_sessions_by_owner ON search_sessions (owner_id, deleted);
+    CREATE INDEX IF NOT EXISTS search_sessions_deleted ON search_sessions (id) WHERE deleted = 1;
     CREATE TABLE IF NOT EXISTS search_messages (
         position BIGINT PRIMARY KEY,
         id TEXT NOT NULL UNIQUE,
@@ -76,11 +80,15 @@ class SearchProjection(Projection):
     CREATE TABLE IF NOT EXISTS search_text (
         position BIGINT PRIMARY KEY,
         chars BIGINT NOT NULL,
+        id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        role TEXT NOT NULL,
         content TEXT NOT NULL,
         folded TEXT NOT NULL
     );
     CREATE INDEX IF NOT EXISTS search_text_trigrams ON search_text
         USING gin (folded gin_trgm_ops);
+    CREATE INDEX IF NOT EXISTS search_text_by_session ON search_text (session_id, position);
     """
 
     def create(self, db: sqlite3.Connection) -> None:
@@ -140,8 +148,10 @@ class SearchProjection(Projection):
                    " VALUES (?, ?, ?, ?)", (pos, message_id, session_id, role))
         if dialect_of(db) == "postgresql":
             text = trigram.indexed(content)
-            db.execute("INSERT INTO search_text (position, content, folded, chars)"
-                       " VALUES (?, ?, ?, ?)", (pos, content, trigram.fold(text), len(text)))
+            db.execute("INSERT INTO search_text (position, chars, id, session_id, role,"
+                       " content, folded) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (pos, len(text), message_id, session_id, role, content,
+                        trigram.fold(text)))
         else:
             db.execute("INSERT INTO search_text (rowid, content) VALUES (?, ?)", (pos, content))
 
@@ -176,6 +186,7 @@ def _like(text: str) -> str:
 
 
 FOUND = "m.id, m.session_id, s.title, m.role, t.content"
+FOUND_IN_TEXT = "t.id, t.session_id, s.title, t.role, t.content"  # PostgreSQL's search_text
 
 
 def _found(row: Any) -> Found:
@@ -225,6 +236,33 @@ async def keyword_search(
         return [_found(row) for row in await cursor.fetchall()]
 
 
+@dataclass(frozen=True)
+class _Totals:
+    """The text table's counts for bm25 as of a state of the table: its last position and
+    how many sessions were deleted then (texts are only ever added at a new last position,
+    and only removed with their session)."""
+
+    top: int
+    gone: int
+    rows: int
+    tokens: int
+
+
+# The last counts each read connection's searches made: the next search counts only the texts
+# after their `top` (when no session was deleted since), not the whole table again. Read by
+# the search's own statement, in its snapshot. (A rebuild by a newer version of this
+# projection that indexes other texts, while this process runs, would go unnoticed.)
+_totals: WeakKeyDictionary[Any, _Totals] = WeakKeyDictionary()
+_TOTALS_SINCE = (
+    "(SELECT MAX(position) FROM search_text),"
+    " (SELECT COUNT(*) FROM search_sessions WHERE deleted = 1),"
+    " (SELECT COUNT(*) FROM search_text WHERE position > ?),"
+    # A sum of INTEGER adds in BIGINT; one of BIGINT would add in NUMERIC, 5x slower.
+    " (SELECT COALESCE(SUM(CAST(GREATEST(chars - 2, 0) AS INTEGER)), 0)"
+    " FROM search_text WHERE position > ?)"
+)
+
+
 async def _keyword_search_postgres(
     db: aiosqlite.Connection | ReadDB, owner_id: str, long_words: list[str],
     short_words: list[str], limit: int,
@@ -233,57 +271,55 @@ async def _keyword_search_postgres(
 
     Every word is matched on `folded` (long ones through the trigram index); the few short
     words for which FTS5's folding finds more than SQLite's LIKE are checked again here. The
-    owner's matches are then ranked here by FTS5's bm25, which needs the whole table's
-    counts."""
+    owner's matches are then ranked here by FTS5's bm25, with the whole table's counts read
+    by the same statement (one snapshot, as FTS5 has)."""
     folded = [trigram.fold(w) for w in long_words]
     likes = [_like(trigram.fold(w)) for w in [*long_words, *short_words]]
     conditions = " AND t.folded LIKE ? ESCAPE '\\'" * len(likes)
     recheck = [trigram.ascii_fold(w) for w in short_words if not trigram.like_is_fold(w)]
+    matches = (f"FROM search_sessions s JOIN search_text t ON t.session_id = s.id"
+               f" WHERE s.owner_id = ? AND s.deleted = 0{conditions}")
     if not long_words:
-        # As SQLite's CROSS JOIN: the owner's messages newest first, then each one's text
-        # (OFFSET 0 keeps the planner from scanning every text newest first instead).
-        sql = (
-            f"SELECT {FOUND}, t.chars FROM search_sessions s"
-            " JOIN search_messages m ON m.session_id = s.id"
-            " CROSS JOIN LATERAL (SELECT t.content, t.chars FROM search_text t"
-            f" WHERE t.position = m.position{conditions} OFFSET 0) t"
-            " WHERE s.owner_id = ? AND s.deleted = 0 ORDER BY m.position DESC"
-        )
-        params: list[Any] = [*likes, owner_id]
+        sql = f"SELECT {FOUND_IN_TEXT}, t.chars {matches} ORDER BY t.position DESC"
+        params: list[Any] = [owner_id, *likes]
         if not recheck:
             sql += " LIMIT ?"
             params.append(limit)
         async with db.execute(sql, params) as cursor:
             rows = await cursor.fetchall()
         return [_found(row) for row in rows if _contains(row[4], row[5], recheck)][:limit]
-    sql = (
-        f"SELECT {FOUND}, m.position, t.chars FROM search_text t"
-        " JOIN search_messages m ON m.position = t.position"
-        " JOIN search_sessions s ON s.id = m.session_id"
-        f" WHERE s.owner_id = ? AND s.deleted = 0{conditions}"
-    )
-    async with db.execute(sql, [owner_id, *likes]) as cursor:
-        rows = [row for row in await cursor.fetchall() if _contains(row[4], row[6], recheck)]
-    if not rows:
-        return []
     distinct = list(dict.fromkeys(folded))
-    hits_sql = "".join(", (SELECT COUNT(*) FROM search_text WHERE folded LIKE ? ESCAPE '\\')"
-                       for _ in distinct)
-    async with db.execute(
-        # A sum of INTEGER adds in BIGINT; one of BIGINT would add in NUMERIC, 5x slower.
-        f"SELECT COUNT(*), COALESCE(SUM(CAST(GREATEST(chars - 2, 0) AS INTEGER)), 0){hits_sql}"
-        " FROM search_text", list(map(_like, distinct)),
-    ) as cursor:
-        stats: Any = await cursor.fetchone()  # an aggregate: always one row
-    table_rows, total_tokens = int(stats[0]), int(stats[1])
-    hits_of = {word: int(count) for word, count in zip(distinct, stats[2:], strict=True)}
-    hits = [hits_of[word] for word in folded]
+    hits = "".join(", (SELECT COUNT(*) FROM search_text WHERE folded LIKE ? ESCAPE '\\')"
+                   for _ in distinct)
+    sql = (
+        f"SELECT {FOUND_IN_TEXT}, t.position, t.chars, {_TOTALS_SINCE}{hits} {matches}")
+    known = _totals.get(db)
+    since = known.top if known is not None else -1
+    while True:
+        params = [since, since, *map(_like, distinct), owner_id, *likes]
+        async with db.execute(sql, params) as cursor:
+            rows = [row for row in await cursor.fetchall()
+                    if _contains(row[4], row[6], recheck)]
+        if not rows:
+            return []
+        top, gone, more_rows, more_tokens = (int(value) for value in rows[0][7:11])
+        if since < 0:
+            totals = _Totals(top, gone, more_rows, more_tokens)
+            break
+        if known is not None and gone == known.gone and top >= known.top:
+            totals = _Totals(top, gone, known.rows + more_rows, known.tokens + more_tokens)
+            break
+        since = -1  # texts were deleted (or the table rebuilt): count them all again
+    _totals[db] = totals
+    hits_of = {word: int(count) for word, count in zip(distinct, rows[0][11:], strict=True)}
+    counts = [hits_of[word] for word in folded]
+    table_rows, total_tokens = totals.rows, totals.tokens
 
     def rank(row: Any) -> tuple[float, int]:
         position, chars = int(row[5]), int(row[6])
         text = trigram.fold(row[4][:chars])
         freqs = [trigram.occurrences(text, word) for word in folded]
-        score = trigram.bm25(freqs, trigram.tokens(chars), table_rows, total_tokens, hits)
+        score = trigram.bm25(freqs, trigram.tokens(chars), table_rows, total_tokens, counts)
         return score, -position
 
     return [_found(row) for row in sorted(rows, key=rank)[:limit]]

@@ -114,7 +114,9 @@ def populate_b(chat: ChatApplication) -> dict[str, Any]:
     gone, _ = chat.start_session(minsu.id, "지울 대화", CONFIG)
     _, reply, _ = chat.post_message(gone, minsu.id, "지워질 날씨가 이야기", 1)
     finish(chat, gone, reply, ["사라질 답"])
+    ids["before delete"] = chat.head()
     chat.delete_session(gone, minsu.id)
+    ids["after delete"] = chat.head()
 
     api, _ = chat.start_session(minsu.id, "API", {**CONFIG, "origin": "api"})
     _, reply, _ = chat.post_message(api, minsu.id, "API 날씨가 질문", 1)
@@ -140,22 +142,25 @@ def projections() -> list[Projection]:
             SearchProjection()]
 
 
-def build(models: ReadModels, chat: ChatApplication, batch_size: int) -> None:
-    """The four projections' tables from the whole log, each batch in one transaction as
-    the runner writes them."""
-    applied = projections()
+def build(models: ReadModels, chat: ChatApplication, batch_size: int,
+          applied: list[Projection] | None = None, after: int = 0,
+          until: int | None = None) -> None:
+    """The projections' tables from the log (after `after`, up to `until`), each batch in
+    one transaction as the runner writes them."""
+    applied = projections() if applied is None else applied
     source = LibrarySource(chat)
     db = models.connect()
     try:
         for projection in applied:
             projection.create(db)
             projection.create(db)  # again: a restart finds the tables there
-        position = 0
-        while True:
+        position = after
+        while until is None or position < until:
             records, events = source.read(position, batch_size)
-            if not records:
+            pairs = [(record, event) for record, event in zip(records, events, strict=True)
+                     if until is None or record.id <= until]
+            if not pairs:
                 break
-            pairs = list(zip(records, events, strict=True))
             db.execute("BEGIN")
             for projection in applied:
                 if isinstance(projection, BatchProjection):
@@ -164,7 +169,7 @@ def build(models: ReadModels, chat: ChatApplication, batch_size: int) -> None:
                     for record, event in pairs:
                         projection.apply(db, event, record.id)
             db.execute("COMMIT")
-            position = records[-1].id
+            position = pairs[-1][0].id
     finally:
         db.close()
 
@@ -311,6 +316,59 @@ def test_postgres_read_models_answer_as_sqlite_does(
     assert on_postgres["head"][0] == chat.head()
 
 
+def test_search_counts_follow_the_log(
+    chat: ChatApplication, postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    """bm25 needs the whole table's counts; PostgreSQL's searches keep them by read
+    connection and add the new texts only. Asked by one connection while the log grows and
+    a session is deleted, the answers stay SQLite's, checkpoint by checkpoint."""
+    ids = populate_b(chat)
+    stores: dict[str, ReadModels] = {
+        "sqlite": SQLiteReadModels(tmp_path / "read.sqlite"),
+        "postgresql": PostgresReadModels(postgres.create_database("counts"))}
+    applied: dict[str, list[Projection]] = {name: [SearchProjection()] for name in stores}
+    owners = [str(ids["minsu"]), str(ids["other"])]
+    queries = ["날씨가", "weather", "날씨가 날씨가", "éco", "aaa", "ab 날씨가", "없는단어"]
+
+    async def ask(read: Any) -> dict[str, Any]:
+        return {f"{owner} {q}": await search.keyword_search(read, owner, q, 20)
+                for owner in owners for q in queries}
+
+    async def follow() -> list[dict[str, Any]]:
+        reads = {name: await models.connect_read() for name, models in stores.items()}
+        seen, after = [], 0
+        try:
+            for until in (ids["before delete"], ids["after delete"], chat.head()):
+                for name, models in stores.items():
+                    build(models, chat, 5, applied[name], after, until)
+                after = until
+                seen.append({name: await ask(read) for name, read in reads.items()})
+                counts.append(search._totals[reads["postgresql"]])
+                texts = [trigram.indexed(row[0]) for row in await reads["sqlite"].execute_fetchall(
+                    "SELECT content FROM search_text")]  # what FTS5 counts, on SQLite
+                expected.append((len(texts), sum(trigram.tokens(len(t)) for t in texts)))
+            return seen
+        finally:
+            for read in reads.values():
+                await read.close()
+
+    counts: list[Any] = []
+    expected: list[tuple[int, int]] = []
+    seen = asyncio.run(follow())
+    for checkpoint in seen:
+        assert plain(checkpoint["postgresql"]) == plain(checkpoint["sqlite"])
+    minsu = str(ids["minsu"])
+    before, after_delete, end = (
+        [f.content for f in step["postgresql"][f"{minsu} 날씨가"]] for step in seen)
+    assert "지워질 날씨가 이야기" in before and "지워질 날씨가 이야기" not in after_delete
+    assert "가져온 날씨가 기록" in end and "가져온 날씨가 기록" not in after_delete
+    # bm25's counts, as FTS5 has them; the last checkpoint added texts to the counts the
+    # second one made (no deletion since).
+    assert [(c.rows, c.tokens) for c in counts] == expected
+    assert counts[0].gone < counts[1].gone == counts[2].gone
+    assert counts[1].top < counts[2].top and counts[1].rows < counts[2].rows
+
+
 def test_trigram_index_needs_only_the_database_owner(postgres: PostgresCluster) -> None:
     """pg_trgm is a trusted extension: a database's owner who is no superuser creates it
     with the search tables, and Korean words are found through its index."""
@@ -328,8 +386,9 @@ def test_trigram_index_needs_only_the_database_owner(postgres: PostgresCluster) 
                          ).fetchone()
         assert row is not None and row[0] is False
         SearchProjection().create(db)
-        db.execute("INSERT INTO search_text (position, content, folded, chars)"
-                   " SELECT g, g::text, '날씨가 ' || g, 4 FROM generate_series(1, 200) g")
+        db.execute("INSERT INTO search_text (position, chars, id, session_id, role, content,"
+                   " folded) SELECT g, 4, g::text, 's', 'user', g::text, '날씨가 ' || g"
+                   " FROM generate_series(1, 200) g")
         db.execute("ANALYZE search_text")
         db.execute("SET enable_seqscan = off")
         plan = "\n".join(row[0] for row in db.execute(
