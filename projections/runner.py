@@ -282,7 +282,7 @@ class ProjectionRunner:
             # The leader wakes on the event store's NOTIFY (commits of every worker), the
             # followers on the leader's.
             channels = [APPLIED_CHANNEL, REBUILD_CHANNEL]
-            events = getattr(self._application.recorder, "channel_name", None)
+            events = getattr(getattr(self._application, "recorder", None), "channel_name", None)
             if isinstance(events, str):
                 channels.append(events)
             self._listener = Listener(self._pg.url, channels, self._on_notify).start()
@@ -391,11 +391,13 @@ class ProjectionRunner:
             with self._lock:
                 self._reconnect_if_broken()
                 self._apply_rebuilds()
-                if self._apply_batch(BATCH_SIZE) == BATCH_SIZE:
+                count, positions = self._apply_batch(BATCH_SIZE)
+                if count == BATCH_SIZE:
                     with _bulk_replay():  # behind: bigger reads until the head
-                        while self._apply_batch(CATCH_UP_BATCH) == CATCH_UP_BATCH:
-                            pass
-                low = min(self._positions_locked().values())
+                        count, positions = self._apply_batch(CATCH_UP_BATCH)
+                        while count == CATCH_UP_BATCH:
+                            count, positions = self._apply_batch(CATCH_UP_BATCH)
+                low = min(positions.values())
         except PositionsMoved as moved:  # another runner applied them: nothing was written
             log.warning("%s; following the runner that moved it", moved)
             return self._follow()
@@ -595,25 +597,30 @@ class ProjectionRunner:
         return min(moved.values())
 
     def _move_positions(self, old: dict[str, int], new: dict[str, int]) -> None:
-        """Compare-and-set each changed position (inside the caller's transaction)."""
+        """Compare-and-set each changed position (inside the caller's transaction): one
+        statement per distinct move, usually one (every projection at the same position)."""
+        moves: dict[tuple[int, int], list[str]] = {}
         for name, position in new.items():
-            if position == old[name]:
-                continue
+            if position != old[name]:
+                moves.setdefault((old[name], position), []).append(name)
+        for (was, position), names in moves.items():
+            marks = ", ".join("?" * len(names))
             cursor = self._db.execute(
-                "UPDATE projection_positions SET position = ? WHERE name = ? AND position = ?",
-                (position, name, old[name]))
-            if cursor.rowcount != 1:
-                raise PositionsMoved(name)
+                "UPDATE projection_positions SET position = ?"
+                f" WHERE position = ? AND name IN ({marks})", (position, was, *names))
+            if cursor.rowcount != len(names):
+                raise PositionsMoved(", ".join(names))
 
     def _announce(self, low: int) -> None:
         """On PostgreSQL, wake the followers when this transaction commits."""
         if self._pg is not None:
             notify(self._db, APPLIED_CHANNEL, str(low))
 
-    def _apply_batch(self, size: int = BATCH_SIZE) -> int:
+    def _apply_batch(self, size: int = BATCH_SIZE) -> tuple[int, dict[str, int]]:
+        """One batch in one transaction: (events read, the positions after it)."""
         positions, records, events = self._next_batch(size)
         if not records:
-            return 0
+            return 0, positions
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._announce(self._apply(positions, records, events))
@@ -621,7 +628,8 @@ class ProjectionRunner:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return len(records)
+        last = records[-1].id
+        return len(records), {name: max(applied, last) for name, applied in positions.items()}
 
 
 def _apply_to(db: Any, projections: dict[str, Projection],
