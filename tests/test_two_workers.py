@@ -22,10 +22,14 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
+import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError
+from eventsourcing.utils import get_topic
 from playwright.sync_api import Browser, expect
 
+from app.cluster.log_notify import LogNotifier
+from app.cluster.worker_lock import WorkerLock
 from app.config import Settings
 from app.event_store import event_store_env
 from domain.application import ChatApplication
@@ -139,6 +143,62 @@ def worker_of(claim: dict[str, Any], pair: list[ServerProcess]) -> ServerProcess
     found = [w for w in pair if w.proc is not None and w.proc.pid == pid]
     assert len(found) == 1, (claim, [w.proc.pid for w in pair if w.proc])
     return found[0]
+
+
+def test_a_worker_lock_is_free_only_once_its_worker_is_gone(postgres: PostgresCluster) -> None:
+    url = postgres.create_database()
+    mine, theirs = WorkerLock(url), WorkerLock(url)
+    try:
+        key = theirs.acquire()
+        assert mine.acquire() != key
+        assert not mine.is_dead(key) and not mine.is_dead(mine.key)
+        assert mine.others_alive()
+        pid = theirs.backend_pid
+        # Their process dies: PostgreSQL ends the session (waiting here until it has).
+        with psycopg.connect(url, autocommit=True) as db:
+            assert db.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,)).fetchone()
+        assert mine.is_dead(key)
+        assert mine.is_dead(key), "probing a dead worker's lock lets it go again"
+        assert not mine.others_alive()
+        assert not mine.is_dead(mine.key)
+    finally:
+        mine.release()
+        theirs.release()
+
+
+def test_commits_of_another_process_are_announced_here(postgres: PostgresCluster) -> None:
+    """What wakes streams, the runner and the actor on a worker for another's commits."""
+    url = postgres.create_database()
+    env = event_store_env(Settings(event_store=url))
+    here, there = ChatApplication(env=env), ChatApplication(env=env)
+    announced: list[tuple[int, set[Any]]] = []
+    heard: list[tuple[int, str]] = []
+    done = threading.Event()
+
+    def changed(head: int, ids: set[Any]) -> None:
+        announced.append((head, ids))
+
+    def events(batch: list[tuple[int, Any]]) -> None:
+        heard.extend((position, type(event).__name__) for position, event in batch)
+        done.set()
+
+    here.add_change_listener(changed)
+    topics = [get_topic(getattr(ChatSession, "ReplyQueued"))]  # noqa: B009 (made by @event)
+    notifier = LogNotifier(url, here, topics, events)
+    try:
+        notifier.start()
+        owner = uuid4()
+        session_id, started = there.start_session(owner, "저쪽", {})
+        _message, _reply, queued = there.post_message(session_id, owner, "들리나요?", 1)
+        assert done.wait(30), "the other process's commit was never announced"
+        assert heard == [(queued, "ReplyQueued")]
+        assert announced[-1] == (queued, {session_id})
+        assert {position for position, _ in announced} <= {started, queued}
+        assert notifier.position == queued
+    finally:
+        notifier.stop()
+        here.close()
+        there.close()
 
 
 def test_two_workers_racing_for_one_reply_record_one_claim(postgres: PostgresCluster) -> None:

@@ -36,6 +36,12 @@ class WorkerLock:
         self.key = 0
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
+    @property
+    def backend_pid(self) -> int | None:
+        """The PostgreSQL session holding the lock (for tests and logs)."""
+        conn = self._conn
+        return conn.info.backend_pid if conn is not None and not conn.closed else None
+
     def acquire(self) -> int:
         """Connect and take a free key: this worker's id while its connection lives."""
         with self._mutex:
