@@ -74,6 +74,8 @@ RETRY_MAX_SECONDS = 30.0
 FAILING_AFTER = 2
 # The advisory lock of the runner that applies the log (per read-model schema).
 LOCK_NAME = "localchat.projections"
+# A leader's NOTIFY payload when its updates fail ("failing:<failures in a row>").
+FAILING = "failing:"
 
 
 class PositionsMoved(Exception):
@@ -177,6 +179,8 @@ class ProjectionRunner:
         self._followed: int | None = None
         self._listener: Listener | None = None
         self.failures = 0  # failed updates in a row
+        # A follower: the leader said its updates fail (until it announces progress).
+        self._leader_failing = False
 
     def _prepare_all(self) -> None:
         if self._pg is None:
@@ -261,11 +265,13 @@ class ProjectionRunner:
         return self._leadership is None or self._leadership.held
 
     def positions(self) -> dict[str, int]:
-        """Committed positions; never waits for a running catch-up or rebuild."""
+        """Committed positions, in the runner's order of projections; never waits for a
+        running catch-up or rebuild."""
         with self._reader_lock:
             rows = self._live_reader().execute(
                 "SELECT name, position FROM projection_positions").fetchall()
-        return {name: position for name, position in rows if name in self._projections}
+        found = dict(rows)  # PostgreSQL returns them in no particular order
+        return {name: found[name] for name in self._projections if name in found}
 
     def _live_reader(self) -> Any:
         """The reader connection, a new one if PostgreSQL dropped it (hold _reader_lock)."""
@@ -314,14 +320,12 @@ class ProjectionRunner:
         with contextlib.suppress(Exception):  # a PostgreSQL connection may be dead already
             self._db.close()
         self._source.close()
-        with self._reader_lock:
-            if self._leadership is not None and self._leadership.held:
-                # After the last write: a follower takes over at once, not at its next try.
-                self._leadership.release()
-                with contextlib.suppress(Exception):
-                    notify(self._reader, APPLIED_CHANNEL, "")
-            with contextlib.suppress(Exception):
-                self._reader.close()
+        if self._leadership is not None and self._leadership.held:
+            # After the last write: a follower takes over at once, not at its next try.
+            self._leadership.release()
+            self._tell_followers("")
+        with self._reader_lock, contextlib.suppress(Exception):
+            self._reader.close()
         if self._leadership is not None:
             self._leadership.release()
 
@@ -351,6 +355,13 @@ class ProjectionRunner:
         elif channel == APPLIED_CHANNEL:
             if leading:  # its own
                 return
+            if payload.startswith(FAILING):
+                self._leader_failing = True
+                with self._applied_changed:  # waiters stop waiting
+                    self._applied_changed.notify_all()
+                return
+            if payload:  # the leader applied again
+                self._leader_failing = False
         elif channel and not leading:  # the event store's: for the leader
             return
         elif not channel:  # listening again after PostgreSQL was away: retry at once
@@ -359,8 +370,9 @@ class ProjectionRunner:
 
     @property
     def failing(self) -> bool:
-        """The last updates failed: writers should not wait for the read models."""
-        return self.failures >= FAILING_AFTER
+        """The last updates failed (here, or the leader's when this runner follows):
+        writers should not wait for the read models."""
+        return self.failures >= FAILING_AFTER or (self._leader_failing and not self.is_leader)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -379,11 +391,17 @@ class ProjectionRunner:
             except Exception:  # keep following; the retry starts from the stored position
                 self.failures += 1
                 log.exception("projection update failed (%d in a row)", self.failures)
+                if self._pg is not None and self.is_leader and self.failing:
+                    self._tell_followers(f"{FAILING}{self.failures}")
                 if self._pg is not None:  # PostgreSQL went away: the retry connects afresh
                     with self._lock, contextlib.suppress(Exception):
                         self._db.close()
                 with self._applied_changed:  # waiters stop waiting once it is failing
                     self._applied_changed.notify_all()
+
+    def _tell_followers(self, payload: str) -> None:
+        with self._reader_lock, contextlib.suppress(Exception):  # PostgreSQL may be away
+            notify(self._live_reader(), APPLIED_CHANNEL, payload)
 
     def catch_up(self) -> int:
         """Apply everything committed so far; returns the lowest position reached.
@@ -434,6 +452,8 @@ class ProjectionRunner:
         """What a runner that does not apply the log knows: the committed positions."""
         low = min(self.positions().values(), default=0)
         told, self._followed = self._followed, low
+        if told is not None and low > told:  # the leader applies again
+            self._leader_failing = False
         with self._applied_changed:
             self._applied = max(self._applied, low)
             self._applied_changed.notify_all()
