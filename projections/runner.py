@@ -360,8 +360,6 @@ class ProjectionRunner:
                 with self._applied_changed:  # waiters stop waiting
                     self._applied_changed.notify_all()
                 return
-            if payload:  # the leader applied again
-                self._leader_failing = False
         elif channel and not leading:  # the event store's: for the leader
             return
         elif not channel:  # listening again after PostgreSQL was away: retry at once

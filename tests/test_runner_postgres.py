@@ -527,3 +527,32 @@ def test_the_runner_leads_again_after_postgresql_restarts() -> None:
         assert query(url, "SELECT title FROM read_models.sessions") == [("재시작 뒤",)]
     finally:
         cluster.stop()
+
+
+def test_followers_know_when_the_leader_fails_and_recovers(
+    chat: ChatApplication, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writers on every worker stop waiting for read models the leader cannot update (fast
+    503s), and wait again once it applies."""
+    monkeypatch.setattr(runner_module, "RETRY_MAX_SECONDS", 1.0)
+    user = chat.register_user("실패", "fails@example.com", "hash")
+    leader = runner(chat, url, Exploding())
+    follower = runner(chat, url, Exploding())
+    try:
+        leader.catch_up()
+        follower.catch_up()
+        leader.start()
+        follower.start()
+        chat.start_session(user.id, "💥", CONFIG)
+        assert not follower.wait_for(chat.head(), SETTLE)  # it returns once told...
+        assert follower.failing and not follower.is_leader  # ...that the leader fails
+        heard = Heard()
+        follower.add_listener(heard)
+        Exploding.armed = False
+        assert heard.wait_for(chat.head())  # the leader's retry applies it
+        assert not follower.failing
+        assert follower.wait_for(chat.head(), SETTLE)
+    finally:
+        Exploding.armed = True
+        leader.stop()
+        follower.stop()
