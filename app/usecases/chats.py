@@ -270,6 +270,6 @@ async def _stop_replies(services: Services, session_id: UUID) -> None:
         with contextlib.suppress(domain_errors.DomainError):
             await services.command(services.chat.change_reply, session_id,
                                    lambda s, rid=reply_id: s.cancel_reply(rid))
-    cluster = getattr(services, "cluster", None)  # several workers (PostgreSQL)
-    if cluster is not None:  # the replies other workers generate or have queued
-        await services.command(cluster.replies.cancel_elsewhere, session_id)
+    if services.cluster is not None:  # several workers (PostgreSQL): the replies the
+        # others generate or have queued
+        await services.command(services.cluster.replies.cancel_elsewhere, session_id)
