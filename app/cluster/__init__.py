@@ -4,13 +4,14 @@ Each worker hears the others' commits (log_notify.py: LISTEN/NOTIFY), holds a lo
 says it is alive (worker_lock.py) and shares the generation queue, which lives in the
 event store (replies.py: claims). The SQLite store is one process and uses none of this.
 
-What a worker keeps in its own DATA_DIR: the KV cache of its engine (`kv-cache`), the
-vector index (`chroma`, `vectors.sqlite`, each worker embeds the log itself), and, until
-the read models move to PostgreSQL, `readmodels.sqlite`. What must be equal in all of
-them: SECRET_KEY (it signs the CSRF tokens; left empty, each worker would generate its
-own `DATA_DIR/secret_key` and reject the forms of pages another worker served), and the
-model settings. Per worker, in memory: the sign-in and sign-up throttles and the per-user
-stream cap (each worker counts its own).
+What a worker keeps in its own DATA_DIR: the KV cache of its engine (`kv-cache`) and the
+vector index (`chroma`, `vectors.sqlite`: each worker embeds the whole log itself); the
+events and the read models are in PostgreSQL. What must be equal in all of them:
+SECRET_KEY (it signs the CSRF tokens; left empty, each worker would generate its own
+`DATA_DIR/secret_key` and reject the forms of pages another worker served), and the model
+settings. Per worker, in memory: the sign-in and sign-up throttles and the per-user stream
+cap (each worker counts its own). The queue is shared: every worker's actor holds every
+queued reply it can serve, so MAX_QUEUE and MAX_QUEUED_PER_USER count the cluster's.
 
 Wiring (app/services.py): a field `cluster: Cluster | None = None` on Services; in
 start_services, instead of `await interrupt_open_replies(services)`:
