@@ -20,8 +20,10 @@ from app.event_store import event_store_env
 from domain.application import ChatApplication
 from projections.base import Projection
 from projections.database import PostgresReadModels
+from projections.leader import lock_key
 from projections.runner import ProjectionRunner, all_projections
 from tests.postgres import PostgresCluster
+from tests.server import Api
 from tests.test_domain import CONFIG
 from tests.test_projections import dump as dump_sqlite
 from tests.test_projections import populate
@@ -556,3 +558,39 @@ def test_followers_know_when_the_leader_fails_and_recovers(
         Exploding.armed = True
         leader.stop()
         follower.stop()
+
+
+def projection_leaders(url: str) -> list[int]:
+    """Backends holding the projections' advisory lock (PostgreSQL splits a bigint key into
+    classid, the high half, and objid, the low half)."""
+    key = lock_key(f"{runner_module.LOCK_NAME}:read_models") & 0xFFFF_FFFF_FFFF_FFFF
+    return [pid for (pid,) in query(
+        url, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+             " AND classid = %s AND objid = %s AND objsubid = 1", key >> 32, key & 0xFFFF_FFFF)]
+
+
+def test_killing_the_worker_that_projects_hands_over_to_the_other(
+    tmp_path: Path, postgres: PostgresCluster
+) -> None:
+    """Two uvicorn workers on one database: the first started leads the projections; killed
+    (kill -9), its lock's session ends and the other worker takes over within seconds, so
+    what is written through it shows in the read models both share."""
+    from tests.test_two_workers import start_pair, stop_pair
+
+    url = postgres.create_database()
+    first, second = pair = start_pair(tmp_path, url)
+    try:
+        [holder] = projection_leaders(url)
+        api = Api(second.url).register("heir_worker")  # the follower waits for the leader's apply
+        assert api.post("/api/sessions/", json={"title": "죽기 전"}).status_code == 201
+        first.kill()
+        deadline = time.monotonic() + SETTLE
+        while projection_leaders(url) in ([], [holder]):
+            assert time.monotonic() < deadline, "no worker took the projections over"
+            time.sleep(0.05)
+        created = api.post("/api/sessions/", json={"title": "죽은 뒤"})
+        assert created.status_code == 201, created.text
+        titles = [s["title"] for s in api.get("/api/sessions/").json()]
+        assert {"죽기 전", "죽은 뒤"} <= set(titles)
+    finally:
+        stop_pair(pair)
