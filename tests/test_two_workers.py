@@ -356,6 +356,36 @@ def test_a_busy_worker_leaves_the_next_reply_to_the_other(
     on_a.post(f"/api/sessions/{long_chat['id']}/cancel/")
 
 
+COUNTING = "1부터 1000까지 한 줄에 하나씩 세어 주세요. Count from 1 to 1000, one number per line."
+
+
+def test_a_worker_starting_leaves_the_replies_of_live_workers_alone(
+    workers: list[ServerProcess], tmp_path: Path,
+) -> None:
+    """A single server interrupts every open reply when it starts (a crash left them); a
+    worker joining a cluster must not touch those live workers are generating."""
+    a, _b = workers
+    on_a = Api(a.url).register()
+    session = on_a.new_session(max_tokens=1500, temperature=0)
+    posted = post(on_a, session["id"], COUNTING)
+    reply_id = posted["reply"]["id"]
+    first = read_until_end(on_a, session["id"], reply_id, posted["last_event_id"],
+                           stop_after_tokens=3)
+    third = ServerProcess(tmp_path / "c", a.event_store, **a.env).start()
+    try:
+        on_third = on(third, on_a)
+        status = next(m["status"] for m in on_third.get(
+            f"/api/sessions/{session['id']}/messages/").json() if m["id"] == reply_id)
+        # Still generating (or done): a reply that long outlasts a start, which took it as
+        # left open by a crash before (`interrupted`).
+        assert status in ("streaming", "complete"), status
+        on_third.post(f"/api/sessions/{session['id']}/cancel/")
+        rest = read_until_end(on_third, session["id"], reply_id, first[-1]["id"])
+        assert rest[-1]["event"] in ("cancelled", "done"), rest[-1]
+    finally:
+        third.stop()
+
+
 def test_killing_the_generating_worker_leaves_its_reply_interrupted_by_the_other(
     own_workers: list[ServerProcess],
 ) -> None:
