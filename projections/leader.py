@@ -56,6 +56,11 @@ class AdvisoryLock:
         return self._held
 
     @property
+    def session(self) -> object | None:
+        """The holding connection (a new one after each loss), while held."""
+        return self._conn if self._held else None
+
+    @property
     def backend_pid(self) -> int | None:
         """The holding session's process id in PostgreSQL (for tests and logs)."""
         conn = self._conn

@@ -178,6 +178,7 @@ class ProjectionRunner:
         # The lowest position a follower last told its listeners.
         self._followed: int | None = None
         self._listener: Listener | None = None
+        self._created_as: object | None = None  # the lock session _create_as_leader ran in
         self.failures = 0  # failed updates in a row
         # A follower: the leader said its updates fail (until it announces progress).
         self._leader_failing = False
@@ -233,7 +234,8 @@ class ProjectionRunner:
             self._db.execute("DELETE FROM projection_positions WHERE name = ?",
                              (projection.name,))
         # On PostgreSQL, DDL on a table the leader writes waits for its transaction (and
-        # can deadlock with it): a worker joining a running cluster leaves them alone.
+        # can deadlock with it): a worker joining a running cluster leaves them alone, and
+        # runs the schema scripts when it takes the lead (`_create_as_leader`).
         if self._pg is None or changed or len(existing) < len(projection.tables):
             projection.create(self._db)
         self._db.execute("INSERT INTO projection_positions (name, position) VALUES (?, 0)"
@@ -411,6 +413,7 @@ class ProjectionRunner:
         try:
             with self._lock:
                 self._reconnect_if_broken()
+                self._create_as_leader()
                 self._apply_rebuilds()
                 count, positions = self._apply_batch(BATCH_SIZE)
                 if count == BATCH_SIZE:
@@ -459,6 +462,21 @@ class ProjectionRunner:
             for listener in self._listeners:
                 listener(low)
         return low
+
+    def _create_as_leader(self) -> None:
+        """PostgreSQL: once per lead, the schema scripts again (what a projection's schema
+        gained without a new version: an index), now that no other runner writes."""
+        if self._leadership is None or self._created_as is self._leadership.session:
+            return
+        self._db.execute("BEGIN")
+        try:
+            for projection in self._projections.values():
+                projection.create(self._db)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._created_as = self._leadership.session
 
     def _reconnect_if_broken(self) -> None:
         """PostgreSQL restarted or cut the connection: the next attempt uses a new one."""

@@ -594,3 +594,34 @@ def test_killing_the_worker_that_projects_hands_over_to_the_other(
         assert {"죽기 전", "죽은 뒤"} <= set(titles)
     finally:
         stop_pair(pair)
+
+
+class Plain(Projection):
+    name = "indexed"
+    tables = ("indexed",)
+    schema = "CREATE TABLE IF NOT EXISTS indexed (position BIGINT, title TEXT);"
+
+
+class Indexed(Plain):
+    """The same projection, same version, whose schema gained an index."""
+
+    schema = Plain.schema + "CREATE INDEX IF NOT EXISTS indexed_by_title ON indexed (title);"
+
+
+def test_what_a_schema_gained_is_created_by_the_next_leader(
+    chat: ChatApplication, url: str
+) -> None:
+    old = runner(chat, url, Plain())
+    old.catch_up()
+    new = runner(chat, url, Indexed())  # joins while the old one leads: no DDL yet
+    indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'indexed'"
+    try:
+        assert new.catch_up() == chat.head() and not new.is_leader
+        assert query(url, indexes) == []
+        old.stop()
+        new.catch_up()
+        assert new.is_leader
+        assert query(url, indexes) == [("indexed_by_title",)]
+    finally:
+        old.stop()
+        new.stop()
