@@ -9,7 +9,7 @@ PORT ?= 8000
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run test install model assets browser postgres lint bench bench-1m clean
+.PHONY: run test install model assets browser postgres lint bench bench-serving bench-1m clean
 
 run: install model assets
 	@echo "Open http://$(HOST):$(PORT)/ in your browser."
@@ -62,6 +62,15 @@ bench: install model
 	$(BIN)/python bench/markdown_render.py
 	$(BIN)/python bench/batching.py
 	$(BIN)/python bench/embedding.py
+
+# The peers (llama_cpp.server in a venv of its own) and the team setup on PostgreSQL.
+bench-serving: install model postgres
+	$(BIN)/python bench/peers.py
+	$(BIN)/python bench/store_throughput.py
+	$(BIN)/python bench/projections_stores.py
+	$(BIN)/python bench/search_stores.py
+	$(BIN)/python bench/sse_clients.py
+	$(BIN)/python bench/two_workers.py
 
 # A million-event log: rebuild, event browser and time travel (tens of minutes, ~0.5 GB).
 bench-1m: install model
