@@ -7,6 +7,7 @@ in the queue; a chat's next turn reuses its KV state.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from app.inference.batched_engine import BatchedEngine
 from app.inference.fair_queue import FairQueue
 from domain.application import ChatApplication
 from projections.runner import ProjectionRunner
+from tests.server import Api, ServerProcess
 
 CONFIG = {"system_prompt": "You are a helpful assistant.", "temperature": 0.0, "top_p": 0.95,
           "max_tokens": 24, "model": "test"}
@@ -222,6 +224,28 @@ def test_a_returning_chat_reuses_its_cache(chat: ChatApplication, runner: Projec
     assert two.model_params["cached_tokens"] < two.model_params["prompt_tokens"]
 
 
+def test_an_api_client_resending_its_history_reuses_its_previous_request(
+        chat: ChatApplication, runner: ProjectionRunner, engine: BatchedEngine) -> None:
+    # /v1: every request is a new hidden session (origin "api") holding the history the
+    # client resent. Its prompt continues the previous request's, whose slot it reuses.
+    owner = uuid4()
+    api = {"system_prompt": "당신은 API 도우미입니다.", "origin": "api"}
+    first = post(chat, new_session(chat, owner, **api), owner, repeat("바나나"))
+    actor = make_actor(chat, runner, engine)
+    run(actor, [first])
+    one = ended(chat, first)
+    earlier: list[dict[str, Any]] = [
+        {"role": role, "content": text, "timestamp": "2026-11-26T00:00:00.000000Z",
+         "status": "complete", "token_count": None, "processing_time": None, "metadata": {}}
+        for role, text in (("user", repeat("바나나")), ("assistant", one.content))]
+    session_id, _ = chat.import_session(owner, "t", {**CONFIG, **api}, earlier, "api")
+    second = post(chat, session_id, owner, repeat("고양이"))
+    run(actor, [second])
+    two = ended(chat, second)
+    assert type(two).__name__ == "ReplyCompleted" and "고양이" in two.content
+    assert two.model_params["cached_tokens"] >= one.model_params["prompt_tokens"]
+
+
 def test_stop_strings_and_seed_come_from_the_session(
     chat: ChatApplication, runner: ProjectionRunner, engine: BatchedEngine,
 ) -> None:
@@ -291,3 +315,39 @@ def test_shutdown_interrupts_running_replies_keeping_their_text(
     for reply in replies:
         assert type(ended(chat, reply)).__name__ == "ReplyInterrupted"
         assert content(runner, reply)
+
+
+# -- deleting a chat drops its KV state --------------------------------------------------------
+
+def kv_file(data_dir: Path, session_id: str) -> list[Path]:
+    """The chat's saved KV state (app.inference.kv_cache names files by the key's hash)."""
+    name = hashlib.sha256(session_id.encode()).hexdigest()[:32] + ".kv"
+    return list((data_dir / "kv-cache").rglob(name))
+
+
+def test_deleting_a_chat_drops_its_slot_and_its_saved_state(tmp_path: Path) -> None:
+    # One slot: a second chat's reply moves the first chat's state to disk.
+    server = ServerProcess(tmp_path / "data", N_PARALLEL="1", N_THREADS="1").start()
+    try:
+        user = Api(server.url).register()
+
+        def reply(session_id: str, word: str) -> None:
+            posted = user.post_message(session_id, repeat(word))
+            assert user.wait_reply(session_id, posted["reply"]["id"])["status"] == "complete"
+
+        saved, resident, kept = (str(user.new_session(max_tokens=8)["id"]) for _ in range(3))
+        reply(saved, "바나나")
+        reply(resident, "사과")
+        assert kv_file(server.data_dir, saved)  # evicted to disk
+        for session_id in (saved, resident):
+            assert user.delete(f"/api/sessions/{session_id}/").status_code == 204
+        assert not kv_file(server.data_dir, saved)
+        # The deleted chat's slot is free, so this reply saves nothing of it; the engine
+        # drops forgotten chats before it admits a reply, so this also orders the check.
+        reply(kept, "김치")
+        assert not kv_file(server.data_dir, resident)
+    finally:
+        server.stop()
+    # A stop saves the chats still in their slots: the kept one, not the deleted ones.
+    assert kv_file(server.data_dir, kept)
+    assert not kv_file(server.data_dir, saved) and not kv_file(server.data_dir, resident)

@@ -159,6 +159,29 @@ def test_a_short_prompt_is_answered_before_a_long_one_arriving_with_it(
     assert with_short[0] < steps.index(reads[-1])
 
 
+def test_short_prompts_arriving_beside_a_running_reply_are_read_whole_in_one_step() -> None:
+    wide = make_engine(n_batch=256)
+    try:
+        shorts = [prompt(wide, repeat(w), system=f"Conversation {n}.")
+                  for n, w in enumerate(WORDS[:3])]
+        # Together more than a chunk beside decoding, each less.
+        assert all(len(p) <= wide.prefill_beside_decoding for p in shorts)
+        assert sum(len(p) for p in shorts) > wide.prefill_beside_decoding
+        decoding = threading.Event()
+        story = wide.submit(GenerationRequest(
+            prompt(wide, "Write a long story about the sea."), GenerationParams(0.0, 0.95, 48),
+        ), lambda event: decoding.set() if isinstance(event, Text) else None)
+        assert decoding.wait(60)
+        jobs, steps = traced(wide, *shorts)
+        finish(story)
+    finally:
+        wide.close()
+    reads = [s for s in steps if any(p.prefill for p in s.parts)]
+    assert len(reads) == 1  # all three read in one step, each whole, beside the story
+    assert {p.job for p in reads[0].parts if p.prefill and p.sampled} == {j.id for j in jobs}
+    assert any(not p.prefill for p in reads[0].parts)
+
+
 def test_a_long_prompt_is_read_in_chunks_while_others_decode(engine: BatchedEngine) -> None:
     log: list[tuple[Collector, Event]] = []
     story, decoding = Collector(log), threading.Event()
@@ -224,6 +247,27 @@ def test_a_returning_chat_evaluates_only_its_new_tokens(engine: BatchedEngine) -
     shared = next(i for i, (a, b) in enumerate(zip(second, edited, strict=False)) if a != b)
     assert job5.stats.reused_tokens == shared
     assert "김치" in sink5.text
+
+
+def test_keyless_conversations_resending_their_history_each_continue_their_own_slot() -> None:
+    # /v1 clients: no key, every request carries the whole history. Four such chats with
+    # the same system prompt take turns, as many chats as slots: turn 2 of each must find
+    # the slot holding its turn 1 (not one another chat's, which shares only the system
+    # prompt and the start of the request) and read only what is new.
+    fresh = make_engine()
+    try:
+        system = "당신은 간결한 도우미입니다."
+        first = {w: prompt(fresh, repeat(w), system=system) for w in WORDS}
+        replies = {w: ask(fresh, first[w])[1].text for w in WORDS}
+        for w in WORDS:
+            second = prompt(fresh, repeat(w), replies[w], repeat(w), system=system)
+            job, sink = ask(fresh, second)
+            assert job.stats.cache == "none"
+            assert job.stats.reused_tokens >= len(first[w]), (w, job.stats)
+            assert job.stats.evaluated_tokens == len(second) - job.stats.reused_tokens
+            assert w in sink.text, (w, sink.text)
+    finally:
+        fresh.close()
 
 
 def test_a_forgotten_chat_starts_over_and_its_saved_state_is_gone(tmp_path: Path) -> None:

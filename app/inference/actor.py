@@ -8,8 +8,9 @@ thread, so the event loop never waits on the model or the read models.
 
 What the engine reports is recorded as events on the session, in one recorder thread:
 started, tokens in small batches, then completed, failed, cancelled or interrupted. Tokens
-are batched per reply (one commit per 50 ms or 8 tokens) because every commit waits for
-the disk; a reply's first token is committed at once so its reader sees it begin.
+are batched per reply (one commit per 8 tokens, or per 50 ms times the replies being
+written) because every commit waits for the disk and costs CPU time the model shares; a
+reply's first token is committed at once so its reader sees it begin.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 RECENT_WINDOW = 20  # generations remembered for tokens_per_second_recent
 DRAIN_SECONDS = 15.0  # how long shutdown waits for running replies to be recorded
 DEFAULT_REPLY_SECONDS = 10.0  # a reply's expected length before any was measured
+# Sessions' `origin`s that are made per request (app.usecases.llm's hidden sessions).
+ONE_REQUEST_ORIGINS = ("api",)
 
 
 class QueueFull(Exception):
@@ -250,6 +253,12 @@ class InferenceActor:
                     flight.handle.cancel()
         return [job.reply_id for job in withdrawn], bool(running)
 
+    def forget(self, session_id: UUID) -> None:
+        """Drop a session's KV state (its slot, its saved cache file), e.g. once deleted."""
+        forget = getattr(self.engine, "forget", None)
+        if forget is not None:
+            forget(str(session_id))
+
     def shutdown(self) -> None:
         """Stop the running replies; they are recorded as interrupted, keeping their text."""
         with self._lock:
@@ -411,10 +420,8 @@ class InferenceActor:
             self._land(flight)
             return
         prompt, flight.recalled = fitted.prompt, fitted.recalled_ids
-        if not self._record(job, lambda s: s.start_reply(rid, len(prompt.tokens),
-                                                         prompt.dropped_turns)):
-            self._land(flight)
-            return
+        # Its start is recorded by the recorder thread when the engine reports it (before
+        # any token of it): the engine starts reading the prompt without waiting for a commit.
         seed = config.get("seed")
         flight.prompt, flight.params = prompt, GenerationParams(
             temperature=config["temperature"], top_p=config["top_p"],
@@ -422,8 +429,12 @@ class InferenceActor:
             stop=tuple(s for s in config.get("stop") or () if isinstance(s, str)))
         flight.batch = _TokenBatch(self, job)
         flight.started = time.monotonic()
+        # A session made for one request (the LLM API's) has no next turn: its reply keeps
+        # no KV state of its own, and its slot stays a prefix the client's next request,
+        # which resends the whole history, finds and continues.
+        key = None if config.get("origin") in ONE_REQUEST_ORIGINS else str(job.session_id)
         handle = engine.submit(GenerationRequest(
-            prompt.tokens, flight.params, key=str(job.session_id),
+            prompt.tokens, flight.params, key=key,
             timeout=self._tuning.timeout, first_token_timeout=self._tuning.first_token_timeout,
             turns=prompt.turns,
         ), lambda event: self._events.put((flight, event)))
@@ -455,8 +466,11 @@ class InferenceActor:
         """The store refused a reply's record (a full or read-only disk): stop generating
         it and end it as failed, keeping this thread alive for the other replies."""
         log.exception("recording reply %s crashed", flight.job.reply_id)
-        if flight.handle is not None:
-            flight.handle.cancel()
+        with self._lock:
+            flight.job.cancelled.set()  # `_begin` cancels the handle if it is not set yet
+            handle = flight.handle
+        if handle is not None:
+            handle.cancel()
         self._fail_after_crash(flight.job, error)
         self._land(flight)
 
@@ -481,6 +495,7 @@ class InferenceActor:
         assert batch is not None
         if isinstance(event, Started):
             flight.cached_tokens = event.reused_tokens
+            self._record_start(flight)
         elif isinstance(event, Text):
             if flight.first_token_at is None and event.tokens:
                 flight.first_token_at = time.monotonic() - flight.started
@@ -488,6 +503,20 @@ class InferenceActor:
                 flight.handle.cancel()  # the reply was ended elsewhere: stop writing it
         else:
             self._finish(flight, event)
+
+    def _record_start(self, flight: _Flight) -> None:
+        job, rid, prompt, batch = flight.job, flight.job.reply_id, flight.prompt, flight.batch
+        assert prompt is not None and batch is not None
+        if self._record(job, lambda s: s.start_reply(rid, len(prompt.tokens),
+                                                     prompt.dropped_turns)):
+            return
+        # Ended elsewhere meanwhile (cancelled, deleted): stop writing it, record nothing.
+        batch.open = False
+        with self._lock:
+            job.cancelled.set()  # `_begin` cancels the handle if it is not set yet
+            handle = flight.handle
+        if handle is not None:
+            handle.cancel()
 
     def _finish(self, flight: _Flight, outcome: Done | Failed) -> None:
         job, rid, batch = flight.job, flight.job.reply_id, flight.batch
@@ -556,8 +585,11 @@ class _TokenBatch:
         return self.open
 
     def due(self) -> bool:
-        return any(self._text) and (
-            time.monotonic() - self._last_flush >= self._actor._tuning.flush_interval)
+        # The interval grows with the replies being written, so their commits together
+        # stay near one per interval: each commit costs every reply CPU time (the disk
+        # write, the projections, the streams woken), while all share two cores.
+        interval = self._actor._tuning.flush_interval * max(1, len(self._actor._flights))
+        return any(self._text) and time.monotonic() - self._last_flush >= interval
 
     def flush(self) -> bool:
         """Commit what is pending; False if the reply can take no more tokens."""

@@ -108,6 +108,7 @@ class _Slot:
     seq: int
     key: str | None = None
     tokens: list[int] = field(default_factory=list)  # exactly what the KV cache holds, in order
+    prompt_len: int = 0  # the last prompt's length: `tokens` beyond it were generated
     running: _Running | None = None
     last_used: float = 0.0
 
@@ -231,7 +232,10 @@ class BatchedEngine:
     def forget(self, key: str) -> None:
         """Drop a chat's KV state (in its slot and on disk), e.g. when the chat is deleted.
         Its slot is then free for any chat, its tokens still usable as a shared prefix. A
-        chat with a reply running is dropped when that reply ends."""
+        chat with a reply running is dropped when that reply ends. A saved state is gone
+        when this returns (the decode thread drops it again, after any save in flight)."""
+        if self._cache is not None:
+            self._cache.discard(key)
         with self._cond:
             self._forgotten.append(key)
             self._cond.notify()
@@ -259,6 +263,7 @@ class BatchedEngine:
             self._end(job, Done("interrupted"))
         self._pending.clear()
         self._incoming.clear()
+        self._drop(list(self._forgotten))  # a chat deleted just before: not saved below
         for slot in self._slots:
             if slot.key is not None and slot.tokens:
                 self._save(slot, evicted=False)
@@ -379,9 +384,16 @@ class BatchedEngine:
             return own[0]
         spare = [s for s in idle if s.key is None]  # empty, or left by a reply without a chat
         if spare:
-            # The one sharing the longest prefix with this prompt (a system prompt, say).
+            # The one whose last prompt this prompt continues (a client resending the whole
+            # history, as /v1 clients do); else the least recently used, empty ones first.
+            # Not merely the longest shared prefix: new chats sharing a system prompt would
+            # take one another's slot turn after turn, and each would read its history again.
             prompt = job.request.prompt
-            return max(spare, key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used))
+            continued = [(common, s) for s in spare if s.tokens
+                         and (common := _common_prefix(s.tokens, prompt)) >= s.prompt_len]
+            if continued:
+                return max(continued, key=lambda cs: cs[0])[1]
+            return min(spare, key=lambda s: (bool(s.tokens), s.last_used))
         return min(idle, key=lambda s: s.last_used)  # the least recently used chat's
 
     def _start(self, job: Job, slot: _Slot, now: float) -> None:
@@ -414,6 +426,7 @@ class BatchedEngine:
             budget=min(params.max_tokens, self.n_ctx - len(prompt)),
         )
         slot.running = running
+        slot.prompt_len = len(prompt)
         slot.last_used = now
         self._running.append(running)
         job.stats.reused_tokens, job.stats.cache = keep, cache
@@ -425,8 +438,11 @@ class BatchedEngine:
         read as much as fits in `n_batch`, shortest rest first (all prompts that arrived
         together are read in this one call, and each is sampled as soon as its last chunk
         is in; a long prompt takes the room left, so it never holds back short ones).
-        While replies are generating, prompts get `prefill_beside_decoding` tokens a step,
-        so a long prompt delays their next token by a short chunk, not by `n_batch`.
+        While replies are generating, a long prompt gets `prefill_beside_decoding` tokens a
+        step, so it delays their next token by a short chunk, not by `n_batch`; prompts no
+        longer than that are read whole beside them (within `n_batch`): several arriving
+        together cost the running replies one step's gap, and none waits a step more for
+        its first token (reading costs the same per token in one step or two).
 
         The batch is laid out in sequence order: over separate KV streams llama.cpp splits
         a batch into passes of consecutive sequences, so out of order one step would run
@@ -434,14 +450,17 @@ class BatchedEngine:
         entries = [_Entry(r, [r.next_token], False, True) for r in self._running
                    if r.next_token is not None]
         room = self.n_batch - len(entries)
-        if entries:
-            room = min(room, self.prefill_beside_decoding)
+        chunk_room = min(room, self.prefill_beside_decoding) if entries else room
         for running in sorted((r for r in self._running if r.todo), key=lambda r: len(r.todo)):
-            if room <= 0:
+            whole = len(running.todo) <= min(room, self.prefill_beside_decoding)
+            if not whole and chunk_room <= 0:
                 break
-            chunk = running.todo[:room]
+            chunk = running.todo[:len(running.todo) if whole else min(room, chunk_room)]
+            chunk_room -= len(chunk)
             entries.append(_Entry(running, chunk, True, len(chunk) == len(running.todo)))
             room -= len(chunk)
+            if room <= 0:
+                break
         entries.sort(key=lambda entry: entry.running.slot.seq)
         return entries
 
@@ -559,6 +578,7 @@ class BatchedEngine:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
             return False
         slot.tokens = saved.tokens
+        slot.prompt_len = len(saved.tokens)
         return True
 
     def _reset_after(self, error: Exception) -> None:

@@ -154,6 +154,7 @@ async def delete_session(services: Services, user_id: str, session_id: str) -> N
         position = await services.command(services.chat.delete_session, uuid, UUID(user_id))
     except domain_errors.NotFound:
         raise NotFound("session") from None
+    services.actor.forget(uuid)  # its KV state, in a slot or saved on disk
     await services.settle(position)
 
 
