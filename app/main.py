@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
 from eventsourcing.persistence import OperationalError as StoreOperationalError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -122,6 +123,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             HTTPException: on_http_error,
             StoreOperationalError: on_storage_error,
             sqlite3.OperationalError: on_storage_error,
+            # PostgreSQL unreachable (the read models' pool timing out included): handled
+            # here, not by the last-resort handler, which also re-raises and drops the line.
+            psycopg.OperationalError: on_storage_error,
             OSError: on_storage_error,
             Exception: on_server_error,
         },
