@@ -108,6 +108,7 @@ def write_every_event(app: ChatApplication) -> None:
             chat.interrupt_reply(reply)
     for reply in replies[4:]:  # two waiting together: one written, one stopped unstarted
         chat.queue_reply(reply, first, 1)
+    chat.claim_reply(replies[4], 7_340_032_123, "작업자-1")  # as a worker on PostgreSQL
     chat.start_reply(replies[4], prompt_tokens=42, dropped_turns=1)
     chat.add_tokens(replies[4], "함께 ", 1)
     chat.add_tokens(replies[4], "기다린 답", 2)
