@@ -40,7 +40,8 @@ from app.security import (
     private_data_dir,
 )
 from app.startup import StartupError
-from app.storage import check_writable, why
+from app.storage import WritableProbe, check_writable, why
+from app.stream_hub import ChatFeeds
 from app.usecases.errors import N_, Unavailable
 from app.watch import ChangeWatch, PositionWatch, StreamCounter
 from domain.application import ChatApplication
@@ -102,6 +103,11 @@ class Services:
                 raise Unavailable("read_models_behind", N_("The server is busy; try again."), 1)
 
     @cached_property
+    def chat_feeds(self) -> ChatFeeds:
+        """One log reader per watched chat for its live streams (made by the first one)."""
+        return ChatFeeds(self.event_log, self.changes, self.head)
+
+    @cached_property
     def models(self) -> ModelRegistry:
         s = self.settings
         return ModelRegistry(s.models_dir, parse_paths(s.model_paths), s.model_path)
@@ -111,7 +117,12 @@ class Services:
         build = lambda path: build_engine(self.settings, path)  # noqa: E731
         if self.settings.engine_url:
             return _FixedModel(self.actor, build)
-        return ModelSwitcher(self.actor, build)
+        return ModelSwitcher(self.actor, build, self.settings.model_path)
+
+    @cached_property
+    def data_dir_probe(self) -> WritableProbe:
+        """Whether DATA_DIR takes writes, for /healthz (one test write per few seconds)."""
+        return WritableProbe(self.settings.data_dir)
 
     @property
     def model_loaded(self) -> bool:

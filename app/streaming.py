@@ -1,7 +1,9 @@
 """Following one session's events in the committed log: replay after a position, then live.
 
-A stream wakes only when its own chat changes (or its user: a sign-out ends it), not on
-every commit; it ends after the session's deletion, and each user has a cap on open streams.
+A stream replays on its own, then takes the chat's new events from the chat's one feed
+(app/stream_hub.py), which reads each change once for every stream watching the chat. A
+stream wakes only when its chat changes (or its user: a sign-out ends it), not on every
+commit; it ends after the session's deletion, and each user has a cap on open streams.
 """
 
 from __future__ import annotations
@@ -9,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 from app.event_log import LoggedEvent
 from app.services import Services
+from app.stream_hub import Subscription, follow
 from app.usecases import accounts
 from app.usecases.errors import N_, Message, RateLimited
 
-READ_BATCH = 1000
 WAIT_SECONDS = 30.0
 STREAMS_RETRY_SECONDS = 5
 
@@ -38,8 +42,9 @@ async def _still_signed_in(services: Services, user: Mapping[str, Any]) -> bool:
 async def _woken(waiter: asyncio.Event) -> bool:
     """Wait for the waiter; False after a quiet while. The while varies per stream, so
     streams opened together do not all time out together."""
-    try:
-        await asyncio.wait_for(waiter.wait(), WAIT_SECONDS * (0.5 + random.random()))
+    try:  # a timeout block, not wait_for: no task per wait (each event wakes every stream)
+        async with asyncio.timeout(WAIT_SECONDS * (0.5 + random.random())):
+            await waiter.wait()
     except TimeoutError:
         return False
     return True
@@ -53,36 +58,35 @@ async def follow_session(
 
     With `user` (a signed-in caller with its token), the stream counts toward the user's
     cap and ends once the token no longer works (signed out, disabled, expired)."""
-    user_id = str(user["id"]) if user else None
-    if user_id is not None and not services.streams.open(user_id):
+    user_key = str(user["id"]) if user else None
+    if user_key is not None and not services.streams.open(user_key):
         return
-    watched = (session_id, UUID(user_id)) if user_id else (session_id,)
     try:
-        while True:
-            waiter = services.changes.subscribe(*watched)
-            user_changed = services.changes.subscribe(*watched[1:])
-            try:
-                batch = await services.event_log.of_originator(session_id, after, READ_BATCH)
-                for logged in batch:
-                    after = logged.position
-                    yield logged
-                    if type(logged.event).__name__ == "Deleted":
-                        return
-                if len(batch) == READ_BATCH:
-                    continue
-                # Still subscribed: a quiet timeout needs no new read of the log (found by
-                # drills/load.py: with 1,000 idle streams opened together, their timeouts
-                # re-read the log in one burst every 30 s, stalling the live streams).
-                while not await _woken(waiter):
-                    if user is not None and not await _still_signed_in(services, user):
-                        return  # expired (time ends a token; no event says so)
-            finally:
-                services.changes.unsubscribe(waiter, *watched)
-                services.changes.unsubscribe(user_changed, *watched[1:])
-            # A change of the user (sign-out, disabling) ends the stream.
-            if (user is not None and user_changed.is_set()
-                    and not await _still_signed_in(services, user)):
-                return
+        wait = None if user is None else partial(_wait, services, user, UUID(user_key))
+        # Closed with this stream, so it leaves the chat's feed at once, not when collected.
+        events = follow(services.chat_feeds, session_id, Subscription(after), wait)
+        async with aclosing(events):
+            async for logged in events:
+                yield logged
     finally:
-        if user_id is not None:
-            services.streams.close(user_id)
+        if user_key is not None:
+            services.streams.close(user_key)
+
+
+async def _wait(services: Services, user: Mapping[str, Any], user_id: UUID,
+                sub: Subscription) -> bool:
+    """Until the feed hands the stream more (or drops it); False once the user's token no
+    longer works (checked when the user changes, and after each quiet while)."""
+    changes = services.changes
+    sub.wake = waiter = changes.subscribe(user_id)
+    user_changed = changes.subscribe(user_id)
+    try:
+        while not await _woken(waiter):
+            if not await _still_signed_in(services, user):
+                return False  # expired (time ends a token; no event says so)
+    finally:
+        sub.wake = None
+        changes.unsubscribe(waiter, user_id)
+        changes.unsubscribe(user_changed, user_id)
+    # A change of the user (sign-out, disabling) ends the stream.
+    return not (user_changed.is_set() and not await _still_signed_in(services, user))
