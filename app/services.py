@@ -40,7 +40,7 @@ from app.security import (
     private_data_dir,
 )
 from app.startup import StartupError
-from app.storage import check_writable, why
+from app.storage import WritableProbe, check_writable, why
 from app.stream_hub import ChatFeeds
 from app.usecases.errors import N_, Unavailable
 from app.watch import ChangeWatch, PositionWatch, StreamCounter
@@ -117,7 +117,12 @@ class Services:
         build = lambda path: build_engine(self.settings, path)  # noqa: E731
         if self.settings.engine_url:
             return _FixedModel(self.actor, build)
-        return ModelSwitcher(self.actor, build)
+        return ModelSwitcher(self.actor, build, self.settings.model_path)
+
+    @cached_property
+    def data_dir_probe(self) -> WritableProbe:
+        """Whether DATA_DIR takes writes, for /healthz (one test write per few seconds)."""
+        return WritableProbe(self.settings.data_dir)
 
     @property
     def model_loaded(self) -> bool:

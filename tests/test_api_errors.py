@@ -459,9 +459,9 @@ def test_healthz_reports_the_model(server: ServerProcess, no_model: ServerProces
     for process, loaded in ((server, True), (no_model, False)):
         response = httpx.get(f"{process.url}/healthz", timeout=10)
         assert response.status_code == 200
-        # API.md's fields; the read models' state is reported beside them.
+        # API.md's fields; the read models' and DATA_DIR's state are reported beside them.
         assert response.json() == {"status": "ok", "model_loaded": loaded, "event_store": "ok",
-                                   "projections": "ok"}
+                                   "projections": "ok", "data_dir": "ok"}
 
 
 def test_without_a_model_replies_are_503_and_nothing_is_recorded(

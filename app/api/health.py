@@ -22,9 +22,13 @@ async def healthz(request: Request) -> Response:
         log.exception("event store check failed")
         store = "error"
     projections = "failing" if services.projections.failing else "ok"
-    healthy = store == "ok" and projections == "ok"
+    # DATA_DIR holds the SQLite store, the KV cache, the vectors and the secret (on
+    # PostgreSQL all but the store): a disk refusing writes there is unhealthy too.
+    data_dir = "ok" if await services.data_dir_probe.writable() else "error"
+    healthy = store == "ok" and projections == "ok" and data_dir == "ok"
+    # API.md's fields, then ours beside them.
     body = {"status": "ok" if healthy else "error", "model_loaded": services.model_loaded,
-            "event_store": store, "projections": projections}
+            "event_store": store, "projections": projections, "data_dir": data_dir}
     return JSONResponse(body, 200 if healthy else 503)
 
 
