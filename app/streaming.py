@@ -12,7 +12,6 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
-from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -39,17 +38,6 @@ async def _still_signed_in(services: Services, user: Mapping[str, Any]) -> bool:
     return current is not None and current["id"] == user["id"]
 
 
-async def _woken(waiter: asyncio.Event) -> bool:
-    """Wait for the waiter; False after a quiet while. The while varies per stream, so
-    streams opened together do not all time out together."""
-    try:  # a timeout block, not wait_for: no task per wait (each event wakes every stream)
-        async with asyncio.timeout(WAIT_SECONDS * (0.5 + random.random())):
-            await waiter.wait()
-    except TimeoutError:
-        return False
-    return True
-
-
 async def follow_session(
     services: Services, session_id: UUID, after: int,
     user: Mapping[str, Any] | None = None,
@@ -61,32 +49,74 @@ async def follow_session(
     user_key = str(user["id"]) if user else None
     if user_key is not None and not services.streams.open(user_key):
         return
+    signed_in = None if user is None else _SignedIn(services, user)
     try:
-        wait = None if user is None else partial(_wait, services, user, UUID(user_key))
         # Closed with this stream, so it leaves the chat's feed at once, not when collected.
-        events = follow(services.chat_feeds, session_id, Subscription(after), wait)
+        events = follow(services.chat_feeds, session_id, Subscription(after), signed_in)
         async with aclosing(events):
             async for logged in events:
                 yield logged
     finally:
+        if signed_in is not None:
+            signed_in.close()
         if user_key is not None:
             services.streams.close(user_key)
 
 
-async def _wait(services: Services, user: Mapping[str, Any], user_id: UUID,
-                sub: Subscription) -> bool:
-    """Until the feed hands the stream more (or drops it); False once the user's token no
-    longer works (checked when the user changes, and after each quiet while)."""
-    changes = services.changes
-    sub.wake = waiter = changes.subscribe(user_id)
-    user_changed = changes.subscribe(user_id)
-    try:
-        while not await _woken(waiter):
-            if not await _still_signed_in(services, user):
-                return False  # expired (time ends a token; no event says so)
-    finally:
-        sub.wake = None
-        changes.unsubscribe(waiter, user_id)
-        changes.unsubscribe(user_changed, user_id)
-    # A change of the user (sign-out, disabling) ends the stream.
-    return not (user_changed.is_set() and not await _still_signed_in(services, user))
+class _SignedIn:
+    """What a signed-in stream waits for: its chat's feed, a change of its user (a sign-out
+    ends the stream), or the time to check its token again (time ends a token; no event
+    says so). Watches the user once, not at every event: each event of the chat wakes
+    every stream watching it."""
+
+    def __init__(self, services: Services, user: Mapping[str, Any]) -> None:
+        self._services = services
+        self._user = user
+        self._user_id = UUID(str(user["id"]))
+        self._loop = asyncio.get_running_loop()
+        self._watch_user()
+        self._due = False
+        self._timer = self._schedule()
+
+    def _watch_user(self) -> None:
+        changes = self._services.changes
+        self.wake = changes.subscribe(self._user_id)  # also set by the feed (`sub.wake`)
+        self._user_changed = changes.subscribe(self._user_id)
+
+    def _unwatch_user(self) -> None:
+        changes = self._services.changes
+        changes.unsubscribe(self.wake, self._user_id)
+        changes.unsubscribe(self._user_changed, self._user_id)
+
+    def _schedule(self) -> asyncio.TimerHandle:
+        # The while varies per stream, so streams opened together check at different times.
+        return self._loop.call_later(WAIT_SECONDS * (0.5 + random.random()), self._time_up)
+
+    def _time_up(self) -> None:
+        self._due = True
+        self.wake.set()
+
+    async def __call__(self, sub: Subscription) -> bool:
+        """Until the feed hands `sub` more (or drops it); False once the token no longer
+        works (checked when the user changes, and every 15-45 s)."""
+        sub.wake = self.wake
+        try:
+            await self.wake.wait()
+        finally:
+            sub.wake = None
+        user_changed = self._user_changed.is_set()
+        if user_changed:  # that watch fired, and ended: watch the user anew
+            self._unwatch_user()
+            self._watch_user()
+        else:
+            self.wake.clear()
+        if self._due:
+            self._due = False
+            self._timer = self._schedule()
+        elif not user_changed:
+            return True
+        return await _still_signed_in(self._services, self._user)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self._unwatch_user()
