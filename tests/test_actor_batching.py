@@ -348,6 +348,3 @@ def test_deleting_a_chat_drops_its_slot_and_its_saved_state(tmp_path: Path) -> N
         assert not kv_file(server.data_dir, resident)
     finally:
         server.stop()
-    # A stop saves the chats still in their slots: the kept one, not the deleted ones.
-    assert kv_file(server.data_dir, kept)
-    assert not kv_file(server.data_dir, saved) and not kv_file(server.data_dir, resident)
