@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 READ_BATCH = 1000
 BOUND = 1000  # events waiting for one stream; one read of the log catches them up
 KEEP = 256  # recent events a feed keeps for streams joining it a little behind
+RETRY_SECONDS = 1.0  # after a failed read, before the feed's streams read for themselves
 
 
 class Subscription:
@@ -117,6 +118,9 @@ class ChatFeed:
                     changes.unsubscribe(waiter, self.chat_id)
         except Exception:  # each stream reads for itself again, and meets the error there
             log.exception("chat feed %s: reading the log failed", self.chat_id)
+            # Not at once: a stream whose own read works would start a new feed at once,
+            # which may fail the same way, in a loop.
+            await asyncio.sleep(RETRY_SECONDS)
             self.hub.close(self)
 
     def stop(self) -> None:

@@ -405,6 +405,30 @@ def test_streams_that_end_leave_no_feed_behind(app: ChatApplication, settings: S
     asyncio.run(run())
 
 
+def test_a_feed_that_cannot_read_hands_its_streams_back_to_the_log(
+        app: ChatApplication, settings: Settings) -> None:
+    """The log reader closed under the feed (as a dead database would): its streams read
+    for themselves again and meet the error there, as a stream alone would."""
+    async def run() -> None:
+        async with hub(app, settings) as h:
+            chat = new_chat(app)
+            streams = [h.open(chat, 0) for _ in range(2)]
+            for stream in streams:
+                await stream.pull_to(chat.started)
+            await join(chat, streams, WORDS[0])
+            feed = h.feeds.feeds[chat.session_id]
+            await h.log.log.close()
+            chat.token(WORDS[1])
+            for stream in streams:
+                with pytest.raises(Exception) as raised:
+                    await stream.pull()
+                assert not isinstance(raised.value, (AssertionError, TimeoutError))
+            await feed.task
+            assert h.feeds.feeds == {} and h.changes.watched == 0
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_streams_joining_and_falling_behind_at_random_lose_and_repeat_nothing(
         app: ChatApplication, settings: Settings, seed: int) -> None:
