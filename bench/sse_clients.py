@@ -16,7 +16,7 @@ adds to the streams already open). At each step, once the server is quiet:
   stream, on the same cores) spent meanwhile. Checked: each client's tokens add up to the
   `done` content.
 The clients all watch the reply's chat (the fan-out's worst case: one chat on many screens
-or tabs); each stream reads the log itself when its chat changes (app/streaming.py).
+or tabs); the chat's streams share one read of the log per change (app/stream_hub.py).
 It stops at the first step that fails (a stream refused or dropped, a file-descriptor
 limit, a reply not reaching everyone in time), saying why.
 
