@@ -11,12 +11,6 @@ evaluates only the tokens after what the slot already holds (the longest common 
 which also makes regenerate and edit cheap). When every slot is taken, the least recently
 used idle chat's state is saved to a disk cache and restored on its next turn.
 
-Sequences share KV cells (one unified KV cache): a new prompt starting with tokens another
-sequence holds (the chat template's header and a shared system prompt, or the same prompt)
-gets those cells copied (`llama_memory_seq_cp`, which only adds a sequence id to the cells)
-and reads only the rest; prompts arriving together that share a prefix no sequence holds
-yet wait while the first of them reads it, then copy it.
-
 All llama.cpp calls run on the decode thread, and so do the callbacks: they must be quick
 (put the event on a queue). The engine knows nothing about chats beyond their keys.
 """
@@ -68,9 +62,6 @@ IDLE_WAIT = 0.05  # seconds between deadline checks while replies wait for a slo
 # their gap between two tokens (64 tokens: ~0.2 s on 2 idle cores with the 135M model,
 # where 256 took ~0.7 s); with no reply generating a step reads up to `n_batch`.
 PREFILL_BESIDE_DECODING = 64
-# A shorter common prefix is read again rather than copied from another sequence (or waited
-# for): copying is free, but waiting a step for a few tokens is not worth it.
-SHARE_AT_LEAST = 8
 
 
 @dataclass
@@ -78,7 +69,6 @@ class EngineStats:
     steps: int = 0
     step_sequences: int = 0  # summed over steps: replies in each batch
     prompt_tokens_evaluated: int = 0
-    prompt_tokens_shared: int = 0  # copied from another sequence's KV cells, not read
     tokens_generated: int = 0
     kv_resident: int = 0  # a returning chat found its state in its slot
     kv_restored: int = 0  # ... in the disk cache
@@ -176,14 +166,12 @@ class BatchedEngine:
             path_model=str(model_path), params=model_params, verbose=False)
         n_batch = max(n_batch, n_parallel)
         params = internals.LlamaContext.default_params()
-        # One KV cache shared by all sequences (unified), so that sequences can share cells
-        # (a copied prefix); room for each sequence's whole `n_ctx`, which the engine keeps
-        # each sequence within (as with separate streams, whose cells cannot be shared).
+        # Each sequence gets a whole `n_ctx` of its own (separate KV streams, not unified).
         params.n_ctx = n_ctx * n_parallel
         params.n_seq_max = n_parallel
         params.n_batch = params.n_ubatch = n_batch
         params.n_threads = params.n_threads_batch = n_threads
-        params.kv_unified = True
+        params.kv_unified = False
         params.flash_attn_type = {
             None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
             True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -197,7 +185,7 @@ class BatchedEngine:
         self.n_parallel = n_parallel
         self.n_batch = n_batch
         self.prefill_beside_decoding = max(1, min(prefill_beside_decoding, n_batch))
-        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx.ctx) // n_parallel  # per sequence
+        self.n_ctx = llama_cpp.llama_n_ctx_seq(self._ctx.ctx)
         self._prompter = ChatPrompter(self._model, self.n_ctx)
         self.info = ModelInfo(
             id=model_path.stem,
@@ -209,8 +197,7 @@ class BatchedEngine:
         self._cache = None
         if cache_dir is not None:
             # Saved states only fit the same model file and context layout.
-            layout = (f"{model_path.stem}-{self.info.size_bytes}-{self.n_ctx}-fa{flash_attn}"
-                      "-unified")
+            layout = f"{model_path.stem}-{self.info.size_bytes}-{self.n_ctx}-fa{flash_attn}"
             self._cache = SeqStateCache(cache_dir / layout, cache_bytes)
         self.stats = EngineStats()
         # Set to a list to record every step (a bench or a test reading where time goes).
@@ -444,49 +431,7 @@ class BatchedEngine:
         self._running.append(running)
         job.stats.reused_tokens, job.stats.cache = keep, cache
         job.stats.wait_seconds = now - job.submitted
-        self._share(running)
-        self._emit(job, Started(len(prompt), job.stats.reused_tokens, cache))
-
-    def _share(self, running: _Running) -> None:
-        """Copy into a prompt's sequence the longest further prefix of it that another
-        sequence's KV cells hold (committed tokens only), so that it reads only the rest.
-        In a unified KV cache the copy only adds the sequence's id to those cells, and
-        removing a sequence's tokens later only takes its id off them."""
-        if not _may_share(running):
-            return
-        slot, prompt = running.slot, running.job.request.prompt
-        held = len(slot.tokens)  # during the prompt's reading: `prompt[:held]`
-        best, donor = held, None
-        for other in self._slots:
-            if other is not slot and len(other.tokens) > best:
-                # At least the prompt's last token is read: its logits give the first token.
-                common = min(_common_prefix(other.tokens, prompt), len(prompt) - 1)
-                if common > best:
-                    best, donor = common, other
-        if donor is None or best - held < SHARE_AT_LEAST:
-            return
-        llama_cpp.llama_memory_seq_cp(self._memory, donor.seq, slot.seq, held, best)
-        slot.tokens.extend(prompt[held:best])
-        del running.todo[:best - held]
-        running.job.stats.reused_tokens += best - held
-        self.stats.prompt_tokens_shared += best - held
-
-    def _waits_for_prefix(self, running: _Running) -> bool:
-        """Whether a prompt that started before this one and is still being read will hold
-        a further prefix of this one: then this one waits and copies it, rather than both
-        reading it (reading costs the same per token however the batch is made up, so the
-        worst first token of prompts arriving together is that of all the tokens read)."""
-        if not _may_share(running):
-            return False
-        prompt, held = running.job.request.prompt, len(running.slot.tokens)
-        for other in self._running:
-            if other is running:
-                return False  # only earlier ones: no two prompts wait for each other
-            if other.todo:
-                common = min(_common_prefix(other.job.request.prompt, prompt), len(prompt) - 1)
-                if common - held >= SHARE_AT_LEAST and len(other.slot.tokens) < common:
-                    return True
-        return False
+        self._emit(job, Started(len(prompt), keep, cache))
 
     def _plan(self) -> list[_Entry]:
         """This step's batch: every decoding reply's next token, and of the prompts being
@@ -499,20 +444,14 @@ class BatchedEngine:
         together cost the running replies one step's gap, and none waits a step more for
         its first token (reading costs the same per token in one step or two).
 
-        A prompt sharing a prefix with another sequence first copies what that one holds,
-        and waits while an earlier prompt still reads more of their common prefix.
-
-        The batch is laid out in sequence order (cheap, and it kept separate KV streams in
-        one pass over the weights)."""
+        The batch is laid out in sequence order: over separate KV streams llama.cpp splits
+        a batch into passes of consecutive sequences, so out of order one step would run
+        as several passes over the weights."""
         entries = [_Entry(r, [r.next_token], False, True) for r in self._running
                    if r.next_token is not None]
-        reading = [r for r in self._running if r.todo]
-        for running in reading:
-            self._share(running)
-        reading = [r for r in reading if not self._waits_for_prefix(r)]
         room = self.n_batch - len(entries)
         chunk_room = min(room, self.prefill_beside_decoding) if entries else room
-        for running in sorted(reading, key=lambda r: len(r.todo)):
+        for running in sorted((r for r in self._running if r.todo), key=lambda r: len(r.todo)):
             whole = len(running.todo) <= min(room, self.prefill_beside_decoding)
             if not whole and chunk_room <= 0:
                 break
@@ -650,15 +589,6 @@ class BatchedEngine:
         llama_cpp.llama_memory_clear(self._memory, True)
         for slot in self._slots:
             slot.key, slot.tokens = None, []
-
-
-def _may_share(running: _Running) -> bool:
-    """A seeded sampled reply reads its prompt as before (its own slot's prefix only): the
-    logits of copied cells read in another batch are not bit-identical to its own reading
-    (llama.cpp's sums depend on the batch and the cells' order), and one differing
-    probability changes a seeded draw, so the same seed would write another reply."""
-    params = running.job.request.params
-    return params.seed is None or params.temperature <= 0
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
