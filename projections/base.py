@@ -31,9 +31,15 @@ class Projection:
     # Raise when the tables change shape: the runner then drops them and replays the log.
     version: ClassVar[int] = 1
 
+    # PostgreSQL's tables where SQLite's DDL does not fit it (SQLite's INTEGER PRIMARY KEY
+    # is its rowid, BLOB is BYTEA there); None: the same `schema` on both.
+    postgres_schema: ClassVar[str | None] = None
+
     def create(self, db: sqlite3.Connection) -> None:
         """Run the schema script (SQLite's executescript, or PostgresDB's: one simple query)."""
-        db.executescript(self.schema)
+        postgres = dialect_of(db) == "postgresql"
+        db.executescript(self.postgres_schema if postgres and self.postgres_schema
+                         else self.schema)
 
     def drop(self, db: sqlite3.Connection) -> None:
         # On PostgreSQL, with what depends on the table (a view, a foreign key).

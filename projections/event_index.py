@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from projections.batch import Batch, BatchProjection
-from projections.database import dialect_of
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
@@ -103,10 +102,6 @@ class EventIndexProjection(BatchProjection):
         self._owners: dict[int, int] = {}  # by chat id's `.int` (UUID hashes in Python)
         # event class -> (its name, its number, `_user_field`); emptied with the numbers
         self._classes: dict[type, tuple[str, int, str | None]] = {}
-
-    def create(self, db: sqlite3.Connection) -> None:
-        db.executescript(self.postgres_schema if dialect_of(db) == "postgresql"
-                         else self.schema)
 
     def clear(self, db: sqlite3.Connection) -> None:
         super().clear(db)

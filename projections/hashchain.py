@@ -40,7 +40,7 @@ from uuid import UUID
 import aiosqlite
 
 from projections.batch import Batch, BatchProjection
-from projections.database import ReadDB, dialect_of
+from projections.database import ReadDB
 from projections.stored_rows import StoredRow
 
 GENESIS = bytes(32)
@@ -79,10 +79,6 @@ class HashChainProjection(BatchProjection):
         hash BYTEA NOT NULL
     );
     """
-
-    def create(self, db: sqlite3.Connection) -> None:
-        db.executescript(self.postgres_schema if dialect_of(db) == "postgresql"
-                         else self.schema)
 
     def apply(self, db: sqlite3.Connection, event: Any, position: int) -> None:
         raise TypeError(f"{self.name} is applied by batches: use apply_batch")

@@ -95,9 +95,7 @@ class SearchProjection(Projection):
         if dialect_of(db) == "postgresql":
             # A trusted extension (PostgreSQL 13+): the database's owner may create it.
             db.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-            db.executescript(self.postgres_schema)
-        else:
-            db.executescript(self.schema)
+        super().create(db)
 
     def on_ChatSession_Started(self, db: sqlite3.Connection, e: Any, _: int) -> None:
         if e.config.get("origin") == "api":  # a /v1 or generate call, not a chat of the user's

@@ -10,33 +10,15 @@ import aiosqlite
 
 from domain.users import username_key
 from projections.base import ISO_FORMAT, Projection, iso, row_dict
-from projections.database import ReadDB, dialect_of
+from projections.database import ReadDB
 
 
 class UsersProjection(Projection):
     name = "users"
     version = 2  # v2: the `disabled` column
     tables = ("users", "auth_tokens")
+    # BIGINT: SQLite's INTEGER affinity, PostgreSQL's 64-bit integer.
     schema = """
-    CREATE TABLE IF NOT EXISTS users (
-        id TEXT PRIMARY KEY,
-        username TEXT NOT NULL,
-        username_key TEXT NOT NULL UNIQUE,
-        email TEXT NOT NULL,
-        display_name TEXT NOT NULL DEFAULT '',
-        is_admin INTEGER NOT NULL,
-        created_at TEXT NOT NULL,
-        last_login_at TEXT,
-        disabled INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE IF NOT EXISTS auth_tokens (
-        token_hash TEXT PRIMARY KEY,
-        user_id TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        revoked_at TEXT
-    );
-    """
-    postgres_schema = """
     CREATE TABLE IF NOT EXISTS users (
         id TEXT PRIMARY KEY,
         username TEXT NOT NULL,
@@ -55,10 +37,6 @@ class UsersProjection(Projection):
         revoked_at TEXT
     );
     """
-
-    def create(self, db: sqlite3.Connection) -> None:
-        db.executescript(self.postgres_schema if dialect_of(db) == "postgresql"
-                         else self.schema)
 
     def on_User_Registered(self, db: sqlite3.Connection, e: Any, _: int) -> None:
         db.execute(
