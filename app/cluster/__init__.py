@@ -13,15 +13,7 @@ settings. Per worker, in memory: the sign-in and sign-up throttles and the per-u
 cap (each worker counts its own). The queue is shared: every worker's actor holds every
 queued reply it can serve, so MAX_QUEUE and MAX_QUEUED_PER_USER count the cluster's.
 
-Wiring (app/services.py): a field `cluster: Cluster | None = None` on Services; in
-start_services, instead of `await interrupt_open_replies(services)`:
-    if is_postgres(settings):
-        services.cluster = await start_cluster(services)
-    else:
-        await interrupt_open_replies(services)
-and in stop_services, once the actor task has ended:
-    if services.cluster is not None:
-        await anyio.to_thread.run_sync(services.cluster.stop)
+Started by app/services.py on a PostgreSQL store, instead of interrupting every open reply.
 """
 
 from __future__ import annotations
