@@ -44,8 +44,10 @@ class Settings(BaseSettings):
     # Inference actor.
     max_queue: int = Field(default=32, ge=1)
     generation_timeout: float = Field(default=300.0, gt=0)
-    token_flush_interval: float = Field(default=0.05, gt=0)
-    token_flush_count: int = Field(default=8, ge=1)
+    # Waiting tokens of every reply being written go in one commit per interval (seconds);
+    # a reply's own at `count` tokens. Fewer commits leave the model more CPU time.
+    token_flush_interval: float = Field(default=0.1, gt=0)
+    token_flush_count: int = Field(default=16, ge=1)
     # Seconds a reply may wait for its first token (None: only GENERATION_TIMEOUT applies).
     first_token_timeout: float | None = Field(default=None, gt=0)
     max_queued_per_user: int = Field(default=8, ge=1)  # more waiting replies: 429

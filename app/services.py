@@ -207,8 +207,10 @@ def start_vectors(services: Services) -> None:
     data_dir = services.settings.data_dir
     try:
         services.vectors = VectorIndex(data_dir / "chroma")
-        services.vector_follower = VectorFollower(services.chat, services.vectors,
-                                                  data_dir / "vectors.sqlite")
+        actor = services.actor
+        services.vector_follower = VectorFollower(
+            services.chat, services.vectors, data_dir / "vectors.sqlite",
+            busy=lambda: actor.generating or actor.queue_depth > 0)
     except Exception:  # search without the semantic half beats no server
         log.exception("vector index unavailable; search is keyword-only")
         services.vectors = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 from uuid import UUID, uuid4
@@ -286,6 +286,29 @@ class ChatApplication(Application[UUID]):
             session = self.get_session(session_id)
             change(session)
             return self._save(session)
+
+    @retry_conflicts
+    def change_replies(
+        self, changes: Sequence[tuple[UUID, Callable[[ChatSession], None]]],
+    ) -> list[DomainError | None]:
+        """Several sessions' changes in one commit (the actor's token batches of the replies
+        being written). A change the domain refuses (e.g. its reply was ended elsewhere) is
+        left out, its error in its place; the others are saved."""
+        with self._lock:
+            refused: list[DomainError | None] = []
+            sessions: list[ChatSession] = []
+            for session_id, change in changes:
+                try:
+                    session = self.get_session(session_id)
+                    change(session)
+                except DomainError as error:
+                    refused.append(error)
+                    continue
+                refused.append(None)
+                sessions.append(session)
+            if sessions:
+                self._save(*sessions)
+            return refused
 
     # -- administration (the admin pages and the command line) ---------------------------
     # `by` is the acting admin, None for the operator's command line. The admin seat keeps

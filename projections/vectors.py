@@ -22,7 +22,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -47,6 +48,12 @@ EMBED_CHARS = 8_000       # a longer message is embedded by its beginning (bound
 POLL_SECONDS = 1.0
 BACKGROUND_NICE = 19      # lowest priority: token streaming always comes first
 BACKGROUND_THREADS = 1
+# A nice level is not enough: each time the scheduler lets an embedding run, a core leaves
+# a decoding step, and the step waits for it (the model decodes on every core). So the
+# follower waits while replies are being generated (`busy`), checking every
+# QUIET_POLL_SECONDS; a server that is never idle still gets its index after MAX_DEFER_SECONDS.
+QUIET_POLL_SECONDS = 0.1
+MAX_DEFER_SECONDS = 10.0
 # ChromaDB's native writer was seen to hang on a full disk while holding the GIL, freezing
 # the whole server even after space was freed (drills/resources.py). Below this much free
 # space the index does not write; the follower retries from its position later.
@@ -213,9 +220,12 @@ class VectorFollower:
     name = "vectors"
 
     def __init__(self, application: Application[Any], index: VectorIndex,
-                 state_path: Path) -> None:
+                 state_path: Path, busy: Callable[[], bool] = lambda: False,
+                 max_defer: float = MAX_DEFER_SECONDS) -> None:
         self._application = application
         self.index = index
+        self._busy = busy  # True while replies are generated: the follower waits
+        self._max_defer = max_defer
         self._db = sqlite3.connect(state_path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript("""
@@ -289,6 +299,7 @@ class VectorFollower:
         while not self._stopping.is_set():
             self._wakeup.wait(POLL_SECONDS)
             self._wakeup.clear()
+            self._defer_while_busy()
             try:
                 if self._rebuild_requested.is_set():
                     self._rebuild_requested.clear()
@@ -297,6 +308,12 @@ class VectorFollower:
                     self.catch_up()
             except Exception:  # keep following; the next wake-up retries from the position
                 log.exception("vector index update failed")
+
+    def _defer_while_busy(self) -> None:
+        deadline = time.monotonic() + self._max_defer
+        while (self._busy() and time.monotonic() < deadline
+               and not self._stopping.is_set()):
+            self._stopping.wait(QUIET_POLL_SECONDS)
 
     def rebuild(self) -> int:
         """Empty the index and replay the whole log into it. Returns the position reached.

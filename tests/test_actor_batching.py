@@ -173,6 +173,54 @@ def test_replies_of_several_chats_are_written_together_and_recorded(
     assert engine.stats.steps - steps < tokens  # they shared steps
 
 
+def test_the_replies_being_written_share_their_commits(
+    chat: ChatApplication, runner: ProjectionRunner, engine: BatchedEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tokens waiting at a flush go in one commit for all the replies being written: the
+    commits per second stay the same however many replies decode together."""
+    commits: list[list[UUID]] = []
+    change_replies = chat.change_replies
+
+    def counted(changes: Any) -> Any:
+        commits.append([session_id for session_id, _change in changes])
+        return change_replies(changes)
+
+    monkeypatch.setattr(chat, "change_replies", counted)
+    owner = uuid4()
+    replies = [post(chat, new_session(chat, owner, max_tokens=48), owner, LONG)
+               for _ in range(2)]
+    # Only the interval commits (and each reply's first token, alone): no batch fills up.
+    run(make_actor(chat, runner, engine, flush_interval=0.2, flush_count=1000), replies)
+    assert any(len(set(sessions)) == 2 for sessions in commits), commits
+    for reply in replies:
+        completed = ended(chat, reply)
+        assert type(completed).__name__ == "ReplyCompleted", completed
+        pieces = [e for e in events_of(chat, reply[0]) if type(e).__name__ == "TokensGenerated"]
+        assert "".join(p.text for p in pieces) == completed.content == content(runner, reply)
+        assert sum(p.token_count for p in pieces) == completed.token_count
+
+
+def test_a_reply_ended_elsewhere_leaves_the_shared_commit_to_the_others(
+        chat: ChatApplication) -> None:
+    owner = uuid4()
+    (one, one_reply, _), (two, two_reply, _) = (
+        post(chat, new_session(chat, owner), owner, "안녕") for _ in range(2))
+    for session_id, reply_id in ((one, one_reply), (two, two_reply)):
+        chat.change_reply(session_id, lambda s, r=reply_id: s.start_reply(r, 10, 0))
+    chat.change_reply(one, lambda s: s.cancel_reply(one_reply))  # e.g. its user cancelled
+    head = chat.head()
+    refused = chat.change_replies([
+        (one, lambda s: s.add_tokens(one_reply, "늦은", 1)),
+        (two, lambda s: s.add_tokens(two_reply, "안녕하세요", 1)),
+    ])
+    assert refused[0] is not None and refused[1] is None
+    added = [e for e in events_of(chat, two) if type(e).__name__ == "TokensGenerated"]
+    assert [e.text for e in added] == ["안녕하세요"]
+    assert not [e for e in events_of(chat, one) if type(e).__name__ == "TokensGenerated"]
+    assert chat.head() == head + 1
+
+
 def test_users_take_turns_so_many_replies_cannot_starve_one(
     chat: ChatApplication, runner: ProjectionRunner, engine: BatchedEngine,
 ) -> None:

@@ -8,6 +8,7 @@ embedding model, followed by the real VectorFollower. Korean text throughout.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,6 +356,49 @@ def test_the_follower_thread_indexes_new_messages_and_remembers_its_position(
                                 w.root / "vectors.sqlite")
     assert w.follower.position() == head
     assert w.follower.catch_up() == head and w.index.count() == count
+
+
+def test_the_follower_waits_while_replies_are_generated(own_world: World) -> None:
+    """Embedding takes the cores the model decodes on: nothing is embedded while `busy`
+    says replies are being generated; once it says no, the message is indexed."""
+    w = own_world
+    w.follower.stop()
+    head_seen: list[tuple[int, int]] = []
+
+    def busy() -> bool:  # asked by the follower's thread: is anything still not indexed?
+        head_seen.append((w.follower.position(), w.chat.head()))
+        return len(head_seen) < 4
+
+    w.follower = VectorFollower(w.chat, VectorIndex(w.root / "chroma"),
+                                w.root / "vectors.sqlite", busy=busy)
+    session = w.session("minji", "산책")
+    w.say("minji", session, "저녁마다 한강 공원을 걸어요")
+    head = w.chat.head()
+    w.follower.start()
+    w.follower.wake()
+    assert w.follower.wait_for(head, timeout=60)
+    # Every answer "busy" was given while the new message was not yet indexed.
+    assert len(head_seen) >= 4
+    assert all(position < head == seen for position, seen in head_seen[:3])
+
+
+def test_a_server_never_idle_still_gets_its_index(own_world: World) -> None:
+    w = own_world
+    w.follower.stop()
+    asked = threading.Event()
+
+    def always_busy() -> bool:
+        asked.set()
+        return True
+
+    w.follower = VectorFollower(w.chat, VectorIndex(w.root / "chroma"),
+                                w.root / "vectors.sqlite", busy=always_busy, max_defer=0.3)
+    session = w.session("minji", "요리")
+    w.say("minji", session, "된장찌개에 두부를 넣었어요")
+    w.follower.start()
+    w.follower.wake()
+    assert w.follower.wait_for(w.chat.head(), timeout=60)
+    assert asked.is_set()
 
 
 # -- bad queries ---------------------------------------------------------------------------

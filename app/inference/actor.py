@@ -7,10 +7,11 @@ between users; the actor hands the engine as many as it decodes together (its
 thread, so the event loop never waits on the model or the read models.
 
 What the engine reports is recorded as events on the session, in one recorder thread:
-started, tokens in small batches, then completed, failed, cancelled or interrupted. Tokens
-are batched per reply (one commit per 8 tokens, or per 50 ms times the replies being
-written) because every commit waits for the disk and costs CPU time the model shares; a
-reply's first token is committed at once so its reader sees it begin.
+started, tokens in small batches, then completed, failed, cancelled or interrupted. Every
+commit waits for the disk and costs CPU time the model shares (its projections, the
+streams it wakes), so the tokens of all the replies being written go in one commit per
+flush interval (100 ms), and a reply's own only when 16 are waiting; a reply's first token
+is committed at once so its reader sees it begin.
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ class InferenceActor:
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: queue.Queue[tuple[_Flight, Event] | None] = queue.Queue()
+        self._last_flush = 0.0  # the recorder's last commit of waiting tokens
         self._recorder: threading.Thread | None = None
         self._landed = threading.Condition(self._lock)
         self._serial: SerialEngine | None = None  # wraps a one-reply-at-a-time engine
@@ -475,20 +477,41 @@ class InferenceActor:
         self._land(flight)
 
     def _flush_due(self) -> None:
-        """Tokens waiting longer than the flush interval go now, even with no new token."""
+        """Every flush interval, the tokens of all the replies being written go in one
+        commit, even with no new token: a commit costs the whole server the same CPU time
+        (the disk write, the projections, the streams woken) whatever it holds, so their
+        number stays one per interval however many replies are written."""
+        now = time.monotonic()
+        if now - self._last_flush < self._tuning.flush_interval:
+            return
+        self._last_flush = now
         with self._lock:
             flights = list(self._flights.values())
-        for flight in flights:
-            batch = flight.batch
-            if batch is None or not batch.due():
-                continue
-            try:
-                still_open = batch.flush()
-            except Exception as error:
-                self._recording_crashed(flight, error)
-                continue
-            if not still_open and flight.handle is not None:
-                flight.handle.cancel()
+        due = [(f, change) for f in flights
+               if f.batch is not None and (change := f.batch.pending()) is not None]
+        if not due:
+            return
+        try:
+            refused = self._chat.change_replies(
+                [(flight.job.session_id, change) for flight, change in due])
+        except Exception:  # each on its own: the store may refuse only some (or none now)
+            log.exception("recording the tokens of %d replies at once failed", len(due))
+            for flight, _change in due:
+                try:
+                    self._committed(flight, flight.batch is not None and flight.batch.flush())
+                except Exception as error:
+                    self._recording_crashed(flight, error)
+            return
+        for (flight, _change), refusal in zip(due, refused, strict=True):
+            assert flight.batch is not None
+            if refusal is not None:
+                log.info("reply %s: %s", flight.job.reply_id, refusal)
+            flight.batch.committed(still_open=refusal is None)
+            self._committed(flight, refusal is None)
+
+    def _committed(self, flight: _Flight, still_open: bool) -> None:
+        if not still_open and flight.handle is not None:
+            flight.handle.cancel()  # the reply was ended elsewhere: stop writing it
 
     def _on_event(self, flight: _Flight, event: Event) -> None:
         batch = flight.batch
@@ -564,14 +587,14 @@ class InferenceActor:
 
 
 class _TokenBatch:
-    """Collects a reply's tokens and commits them as one event per few tokens or ms."""
+    """Collects a reply's tokens until the actor commits them (with the other replies', once
+    per flush interval) or the batch fills up (`flush_count`: committed on its own)."""
 
     def __init__(self, actor: InferenceActor, job: Job) -> None:
         self._actor, self._job = actor, job
         self._text: list[str] = []
         self._pending = 0
         self._committed_any = False
-        self._last_flush = time.monotonic()
         self.token_count = 0
         self.open = True  # False once the reply can take no more tokens
 
@@ -579,26 +602,29 @@ class _TokenBatch:
         self._text.append(text)
         self._pending += tokens
         self.token_count += tokens
-        tuning = self._actor._tuning
-        if not self._committed_any or self._pending >= tuning.flush_count:
+        # The first token at once: its reader sees the reply begin.
+        if not self._committed_any or self._pending >= self._actor._tuning.flush_count:
             return self.flush()
         return self.open
 
-    def due(self) -> bool:
-        # The interval grows with the replies being written, so their commits together
-        # stay near one per interval: each commit costs every reply CPU time (the disk
-        # write, the projections, the streams woken), while all share two cores.
-        interval = self._actor._tuning.flush_interval * max(1, len(self._actor._flights))
-        return any(self._text) and time.monotonic() - self._last_flush >= interval
+    def pending(self) -> Callable[[ChatSession], None] | None:
+        """The change recording the waiting tokens; None when there are none (or half a
+        character, which waits for the rest), or the reply takes no more."""
+        text, count, rid = "".join(self._text), self._pending, self._job.reply_id
+        if not text or not self.open:
+            return None
+        return lambda session: session.add_tokens(rid, text, count)
 
-    def flush(self) -> bool:
-        """Commit what is pending; False if the reply can take no more tokens."""
-        text, count = "".join(self._text), self._pending
-        if not text or not self.open:  # nothing, or half a character: it waits for the rest
-            return self.open
-        rid = self._job.reply_id
-        self.open = self._actor._record(self._job, lambda s: s.add_tokens(rid, text, count))
+    def committed(self, still_open: bool) -> None:
+        """`pending()`'s change was recorded (or refused: the reply takes no more)."""
+        self.open = still_open
         self._text, self._pending = [], 0
         self._committed_any = True
-        self._last_flush = time.monotonic()
+
+    def flush(self) -> bool:
+        """Commit what is pending on its own; False if the reply can take no more tokens."""
+        change = self.pending()
+        if change is None:
+            return self.open
+        self.committed(self._actor._record(self._job, change))
         return self.open
