@@ -365,6 +365,12 @@ class Results:
     def worst(self) -> float:
         return statistics.median(r.worst for r in self.rounds)
 
+    @property
+    def worst_alone(self) -> float:
+        """The slowest first token of the concurrent rounds' prompts, each sent alone (the
+        single streams, in `fresh` order): what concurrency adds, prompt lengths aside."""
+        return max(r.ttft for r in self.single[:CONCURRENT])
+
     def turn(self, n: int) -> float:
         return statistics.median(chat[n].ttft for chat in self.chats)
 
@@ -513,6 +519,10 @@ def report(results: dict[str, Results], systems: list[System],
         ):
             print(f"    {label:40} {target:>9} {value:>8}  "
                   f"{verdict(ok) if mark else '(for comparison)'}")
+        if r.rounds:
+            alike = r.worst / r.worst_alone
+            print(f"    {'worst first token vs same prompts alone':40} {'':>9} {alike:7.2f}x"
+                  "  (like for like, no target)")
     errors = [f"{name}: {e}" for name, r in results.items() for rnd in r.rounds
               for e in rnd.errors]
     for error in errors[:8]:
