@@ -2,6 +2,8 @@
 
 Same model, same prompts, temperature 0, measured in one invocation:
 - raw engine: llama-cpp-python in this process (`bench.batching.Reference`, one sequence);
+- the batched engine this server runs, called in this process (no HTTP, no event log): the
+  floor under this server's figures;
 - `python -m llama_cpp.server` (the `llama-cpp-python[server]` extra, same version as ours) in
   the bench's own venv `bench/.venv-peer` (created here on first use), streaming `/v1`;
 - this server as real uvicorn subprocesses (one instance per path, so each path's four chats
@@ -40,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 
 from app.config import Settings
+from app.inference.batched_engine import BatchedEngine
 from app.inference.engine import Turn
-from bench.batching import CHAT_TOPICS, PROMPTS, SYSTEM, Reference, Run, chats
+from bench.batching import CHAT_TOPICS, PROMPTS, SYSTEM, Reference, Run, chats, submit, wait
 from tests.server import Api, ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,6 +240,32 @@ class RawEngine(System):
                               max_tokens)
 
 
+class BatchedInProcess(System):
+    """The engine this server runs (batched, a KV slot per chat), called in this process:
+    no HTTP, no event log. What scheduling alone gets from this CPU, under the server's
+    figures (e.g. its worst first token: the four prompts read together)."""
+
+    name = "batched engine (in-process)"
+
+    def __init__(self, engine: BatchedEngine) -> None:
+        self.engine = engine
+
+    def reply(self, tokens: list[int], max_tokens: int, key: str | None = None) -> Run:
+        return wait([submit(self.engine, tokens, max_tokens, key)])[0]
+
+    def single(self, system: str, prompt: str, max_tokens: int) -> Run:
+        prompted = self.engine.prepare(system, [Turn("user", prompt)], max_tokens)
+        return self.reply(prompted.tokens, max_tokens)
+
+    def chat(self, key: str, history: list[Turn], max_tokens: int) -> Run:
+        return self.reply(self.engine.prepare(SYSTEM, history, max_tokens).tokens,
+                          max_tokens, key)
+
+    def concurrent(self, system: str, prompt: str, n: int,
+                   max_tokens: int) -> Callable[[], Run] | None:
+        return lambda: self.single(system, prompt, max_tokens)
+
+
 class V1(System):
     """Any `/v1/chat/completions`: llama_cpp.server (no auth) or ours (one user each)."""
 
@@ -412,6 +441,9 @@ def main() -> None:
         peer = PeerServer(python, settings, Path(tmp) / "peer.log")
         reference = Reference(settings, flash_attn=True)  # as batching.py: auto is on here
         count = Counter(reference)
+        batched = BatchedEngine(MODEL, n_ctx=settings.n_ctx, n_parallel=settings.n_parallel,
+                                n_threads=settings.n_threads, n_batch=settings.n_batch,
+                                flash_attn=settings.flash_attn)
         try:
             for server in ours:
                 server.start(timeout=180)
@@ -419,6 +451,7 @@ def main() -> None:
             v1_users, sse_users = (people(server.url) for server in ours)
             systems: list[System] = [
                 RawEngine(reference),
+                BatchedInProcess(batched),
                 V1("llama_cpp.server /v1", peer.url, [None] * CONCURRENT),
                 V1("this server /v1", ours[0].url, [u.token for u in v1_users]),
                 OurSse(sse_users),
@@ -462,6 +495,7 @@ def main() -> None:
             for server in ours:
                 server.stop()
             reference.llm.close()
+            batched.close()
     report(results, systems, load_start)
 
 

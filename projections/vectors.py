@@ -52,6 +52,9 @@ BACKGROUND_THREADS = 1
 # a decoding step, and the step waits for it (the model decodes on every core). So the
 # follower waits while replies are being generated (`busy`), checking every
 # QUIET_POLL_SECONDS; a server that is never idle still gets its index after MAX_DEFER_SECONDS.
+# Woken by a commit, it first lets SETTLE_SECONDS pass: a posted message's reply is queued
+# just after the message's commit, and would find the follower already embedding.
+SETTLE_SECONDS = 0.2
 QUIET_POLL_SECONDS = 0.1
 MAX_DEFER_SECONDS = 10.0
 # ChromaDB's native writer was seen to hang on a full disk while holding the GIL, freezing
@@ -310,6 +313,7 @@ class VectorFollower:
                 log.exception("vector index update failed")
 
     def _defer_while_busy(self) -> None:
+        self._stopping.wait(SETTLE_SECONDS)
         deadline = time.monotonic() + self._max_defer
         while (self._busy() and time.monotonic() < deadline
                and not self._stopping.is_set()):
