@@ -2,8 +2,8 @@
 
 Same model, same prompts, temperature 0, measured in one invocation:
 - raw engine: llama-cpp-python in this process (`bench.batching.Reference`, one sequence);
-- the batched engine this server runs, called in this process (no HTTP, no event log): the
-  floor under this server's figures;
+- the batched engine this server runs, alone in a process of its own (no HTTP, no event
+  log): the floor under this server's figures;
 - `python -m llama_cpp.server` (the `llama-cpp-python[server]` extra, same version as ours) in
   the bench's own venv `bench/.venv-peer` (created here on first use), streaming `/v1`;
 - this server as real uvicorn subprocesses (one instance per path, so each path's four chats
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import multiprocessing
 import os
 import signal
 import statistics
@@ -34,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
+from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
@@ -240,30 +242,69 @@ class RawEngine(System):
                               max_tokens)
 
 
-class BatchedInProcess(System):
-    """The engine this server runs (batched, a KV slot per chat), called in this process:
-    no HTTP, no event log. What scheduling alone gets from this CPU, under the server's
-    figures (e.g. its worst first token: the four prompts read together)."""
+class BatchedEngineAlone(System):
+    """The engine this server runs (batched, a KV slot per chat) in a process of its own
+    (two llama.cpp engines in one process slow each other down: their OpenMP thread pools
+    compete), with no HTTP and no event log: what scheduling alone gets from this CPU, the
+    floor under the server's figures. Each reply is a connection to it; times come from
+    its clock (perf_counter is the system's monotonic clock)."""
 
-    name = "batched engine (in-process)"
+    name = "batched engine alone"
 
-    def __init__(self, engine: BatchedEngine) -> None:
-        self.engine = engine
+    def __init__(self, settings: Settings, address: Path) -> None:
+        self.address = str(address)
+        context = multiprocessing.get_context("spawn")
+        self.process = context.Process(target=serve_engine, daemon=True, args=(
+            self.address, str(MODEL), settings.n_ctx, settings.n_parallel,
+            settings.n_threads, settings.n_batch, settings.flash_attn))
+        self.process.start()
+        deadline = time.monotonic() + 120
+        while not address.exists():
+            if not self.process.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the batched engine's process did not start")
+            time.sleep(0.1)
 
-    def reply(self, tokens: list[int], max_tokens: int, key: str | None = None) -> Run:
-        return wait([submit(self.engine, tokens, max_tokens, key)])[0]
+    def reply(self, system: str, history: list[Turn], max_tokens: int,
+              key: str | None = None) -> Run:
+        with Client(self.address, family="AF_UNIX") as connection:
+            connection.send((system, [(t.role, t.content) for t in history], max_tokens, key))
+            started, first, ended, pieces = connection.recv()
+        run = Run()
+        run.started, run.first, run.ended, run.pieces = started, first, ended, pieces
+        return run
 
     def single(self, system: str, prompt: str, max_tokens: int) -> Run:
-        prompted = self.engine.prepare(system, [Turn("user", prompt)], max_tokens)
-        return self.reply(prompted.tokens, max_tokens)
+        return self.reply(system, [Turn("user", prompt)], max_tokens)
 
     def chat(self, key: str, history: list[Turn], max_tokens: int) -> Run:
-        return self.reply(self.engine.prepare(SYSTEM, history, max_tokens).tokens,
-                          max_tokens, key)
+        return self.reply(SYSTEM, history, max_tokens, key)
 
     def concurrent(self, system: str, prompt: str, n: int,
                    max_tokens: int) -> Callable[[], Run] | None:
         return lambda: self.single(system, prompt, max_tokens)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.join(15)
+
+
+def serve_engine(address: str, model: str, n_ctx: int, n_parallel: int, n_threads: int,
+                 n_batch: int, flash_attn: bool | None) -> None:
+    """BatchedEngineAlone's process: a thread per connection, each one reply."""
+    engine = BatchedEngine(Path(model), n_ctx=n_ctx, n_parallel=n_parallel,
+                           n_threads=n_threads, n_batch=n_batch, flash_attn=flash_attn)
+
+    def answer(connection: Connection) -> None:
+        with connection:
+            system, history, max_tokens, key = connection.recv()
+            turns = [Turn(role, content) for role, content in history]
+            tokens = engine.prepare(system, turns, max_tokens).tokens
+            run = wait([submit(engine, tokens, max_tokens, key)])[0]
+            connection.send((run.started, run.first, run.ended, run.pieces))
+
+    with Listener(address, family="AF_UNIX") as listener:
+        while True:
+            threading.Thread(target=answer, args=(listener.accept(),), daemon=True).start()
 
 
 class V1(System):
@@ -441,9 +482,7 @@ def main() -> None:
         peer = PeerServer(python, settings, Path(tmp) / "peer.log")
         reference = Reference(settings, flash_attn=True)  # as batching.py: auto is on here
         count = Counter(reference)
-        batched = BatchedEngine(MODEL, n_ctx=settings.n_ctx, n_parallel=settings.n_parallel,
-                                n_threads=settings.n_threads, n_batch=settings.n_batch,
-                                flash_attn=settings.flash_attn)
+        alone = BatchedEngineAlone(settings, Path(tmp) / "engine.sock")
         try:
             for server in ours:
                 server.start(timeout=180)
@@ -451,7 +490,7 @@ def main() -> None:
             v1_users, sse_users = (people(server.url) for server in ours)
             systems: list[System] = [
                 RawEngine(reference),
-                BatchedInProcess(batched),
+                alone,
                 V1("llama_cpp.server /v1", peer.url, [None] * CONCURRENT),
                 V1("this server /v1", ours[0].url, [u.token for u in v1_users]),
                 OurSse(sse_users),
@@ -495,7 +534,7 @@ def main() -> None:
             for server in ours:
                 server.stop()
             reference.llm.close()
-            batched.close()
+            alone.stop()
     report(results, systems, load_start)
 
 
