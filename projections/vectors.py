@@ -294,13 +294,10 @@ class VectorFollower:
         self._wakeup.set()
 
     def _run(self) -> None:
-        try:  # SCHED_IDLE: runs when the cores are free, also of other processes' work
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except (AttributeError, OSError):
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-            except OSError:
-                log.info("could not lower the vector follower's priority")
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        except OSError:
+            log.info("could not lower the vector follower's priority")
         limit_threads_here(BACKGROUND_THREADS)
         while not self._stopping.is_set():
             self._wakeup.wait(POLL_SECONDS)
