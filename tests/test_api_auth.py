@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from app import security
+from tests.clock import Clock
 from tests.postgres import both_stores
 from tests.server import Api, ServerProcess, assert_error, is_iso_utc
 
@@ -349,14 +350,6 @@ def test_racing_first_registrations_make_exactly_one_admin(fresh_server: ServerP
 
 
 # -- the sign-in limiter, in-process --------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_limiter_window_and_memory() -> None:

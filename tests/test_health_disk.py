@@ -21,22 +21,13 @@ import pytest
 
 from app.storage import WritableProbe, check_writable
 from drills import resources
+from tests.clock import Clock
 from tests.postgres import event_store_url
 from tests.server import ServerProcess
 
 needs_mount = pytest.mark.skipif(not resources.can_mount(),
                                  reason="mounts file systems: needs root (CAP_SYS_ADMIN)")
 PROBE_THREAD = "data-dir-probe"
-
-
-class Clock:
-    """The probe's clock, moved by hand: what is cached for how long is then exact."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def probe_threads() -> int:

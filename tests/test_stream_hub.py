@@ -183,6 +183,15 @@ async def join(chat: Chat, streams: list[Stream], word: str) -> int:
     return position
 
 
+async def joined(h: Hub, chat: Chat, count: int) -> list[Stream]:
+    """`count` streams that replayed the chat from its start, then joined its feed."""
+    streams = [h.open(chat, 0) for _ in range(count)]
+    for stream in streams:  # each replays the chat on its own
+        await stream.pull_to(chat.started)
+    await join(chat, streams, WORDS[0])
+    return streams
+
+
 async def until(condition: Callable[[], bool]) -> None:
     """Let the loop run until the condition holds (the other tasks make it true)."""
     deadline = asyncio.get_running_loop().time() + GUARD
@@ -201,10 +210,7 @@ def test_streams_on_one_chat_get_the_same_events_from_one_read_per_change(
     async def run() -> None:
         async with hub(app, settings) as h:
             chat = new_chat(app)
-            streams = [h.open(chat, 0) for _ in range(5)]
-            for stream in streams:  # each replays the chat on its own
-                await stream.pull_to(chat.started)
-            await join(chat, streams, WORDS[0])
+            streams = await joined(h, chat, 5)
             assert len(h.feeds.feeds[chat.session_id].subscribers) == 5
             h.log.reads.clear()
             for word in WORDS[1:]:
@@ -338,10 +344,7 @@ def test_a_stuck_stream_does_not_hold_back_the_others(
     async def run() -> None:
         async with hub(app, settings, bound=4) as h:
             chat = new_chat(app)
-            streams = [h.open(chat, 0) for _ in range(3)]
-            for stream in streams:
-                await stream.pull_to(chat.started)
-            await join(chat, streams, WORDS[0])
+            streams = await joined(h, chat, 3)
             stuck, *others = streams
             for word in WORDS[1:]:  # the stuck stream's client reads nothing meanwhile
                 position = chat.token(word)
@@ -370,10 +373,7 @@ def test_streams_that_end_leave_no_feed_behind(app: ChatApplication, settings: S
     async def run() -> None:
         async with hub(app, settings, bound=2) as h:
             chat = new_chat(app)
-            streams = [h.open(chat, 0) for _ in range(3)]
-            for stream in streams:
-                await stream.pull_to(chat.started)
-            await join(chat, streams, WORDS[0])
+            streams = await joined(h, chat, 3)
             feed = h.feeds.feeds[chat.session_id]
             for word in WORDS[1:4]:  # the first stream falls behind and is dropped
                 position = chat.token(word)
@@ -412,10 +412,7 @@ def test_a_feed_that_cannot_read_hands_its_streams_back_to_the_log(
     async def run() -> None:
         async with hub(app, settings) as h:
             chat = new_chat(app)
-            streams = [h.open(chat, 0) for _ in range(2)]
-            for stream in streams:
-                await stream.pull_to(chat.started)
-            await join(chat, streams, WORDS[0])
+            streams = await joined(h, chat, 2)
             feed = h.feeds.feeds[chat.session_id]
             await h.log.log.close()
             chat.token(WORDS[1])
