@@ -510,6 +510,7 @@ class InferenceActor:
             self._committed(flight, refusal is None)
 
     def _committed(self, flight: _Flight, still_open: bool) -> None:
+        """After a batch took tokens: a reply that takes no more stops generating."""
         if not still_open and flight.handle is not None:
             flight.handle.cancel()  # the reply was ended elsewhere: stop writing it
 
@@ -522,8 +523,7 @@ class InferenceActor:
         elif isinstance(event, Text):
             if flight.first_token_at is None and event.tokens:
                 flight.first_token_at = time.monotonic() - flight.started
-            if not batch.add(event.text, event.tokens) and flight.handle is not None:
-                flight.handle.cancel()  # the reply was ended elsewhere: stop writing it
+            self._committed(flight, batch.add(event.text, event.tokens))
         else:
             self._finish(flight, event)
 
